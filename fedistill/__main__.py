@@ -1,0 +1,5 @@
+import sys
+
+from fedistill.cli import main
+
+sys.exit(main())
