@@ -21,38 +21,48 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def check_ipc(real: LabeledImages, ipc: int, init: str) -> None:
+def present_classes(real: LabeledImages) -> list[int]:
+    """Classes with at least one image (a federated client may lack some classes)."""
+    return [c for c, idx in enumerate(real.class_indices()) if len(idx) > 0]
+
+
+def check_init(real: LabeledImages, ipc: int, init: str) -> None:
     if init not in INITS:
         raise ConfigError(f"init must be one of {INITS}, got '{init}'")
-    counts = [len(i) for i in real.class_indices()]
-    if init == "real" and min(counts) < ipc:
-        raise ConfigError(
-            f"ipc {ipc} exceeds the smallest class ({min(counts)} images) "
-            "for init 'real'; use fewer images per class or init 'noise'"
-        )
-    if min(counts) == 0:
-        raise ConfigError("a class has no training images in this data; cannot distill it")
+    if ipc < 1:
+        raise ConfigError(f"ipc must be ≥ 1, got {ipc}")
+    if not present_classes(real):
+        raise ConfigError("no training images to distill")
 
 
 def init_images(
     real: LabeledImages, ipc: int, init: str, gen: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """``ipc`` images per class: random real images of that class, or standard normal noise.
-    Labels are sorted by class: ``[0]*ipc + [1]*ipc + ...``."""
-    check_ipc(real, ipc, init)
-    k = real.num_classes
-    labels = torch.arange(k).repeat_interleave(ipc)
-    if init == "noise":
-        return torch.randn(k * ipc, *real.info.shape, generator=gen), labels
-    picks = [idx[torch.randperm(len(idx), generator=gen)[:ipc]] for idx in real.class_indices()]
-    return real.images[torch.cat(picks)].clone(), labels
+    """``ipc`` images for every class present in ``real``: random real images of that class
+    (``init="real"``), or standard normal noise (``init="noise"``). A class with fewer than
+    ``ipc`` images uses all of them and fills the rest with noise; absent classes get none.
+    Labels come sorted by class: ``[c0]*ipc + [c1]*ipc + ...``."""
+    check_init(real, ipc, init)
+    classes = present_classes(real)
+    labels = torch.tensor(classes).repeat_interleave(ipc)
+    images = torch.randn(len(labels), *real.info.shape, generator=gen)
+    if init == "real":
+        by_class = real.class_indices()
+        for j, c in enumerate(classes):
+            idx = by_class[c][torch.randperm(len(by_class[c]), generator=gen)[:ipc]]
+            images[j * ipc : j * ipc + len(idx)] = real.images[idx]
+    return images, labels
 
 
-def sample_per_class(real: LabeledImages, n: int, gen: torch.Generator) -> Tensor:
-    """Indices of ``n`` random images of every class (with replacement only if a class is
-    smaller than ``n``), grouped by class."""
+def sample_per_class(
+    real: LabeledImages, n: int, gen: torch.Generator, classes: list[int] | None = None
+) -> Tensor:
+    """Indices of ``n`` random images of each class in ``classes`` (default: all present),
+    grouped by class; drawn with replacement only for a class smaller than ``n``."""
+    by_class = real.class_indices()
     out = []
-    for idx in real.class_indices():
+    for c in present_classes(real) if classes is None else classes:
+        idx = by_class[c]
         if len(idx) >= n:
             out.append(idx[torch.randperm(len(idx), generator=gen)[:n]])
         else:

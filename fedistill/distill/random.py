@@ -8,7 +8,7 @@ import torch
 
 from fedistill.data import LabeledImages
 from fedistill.distill import register
-from fedistill.distill._common import check_ipc, make_set, sample_per_class, seeded
+from fedistill.distill._common import check_init, make_set, present_classes, seeded
 from fedistill.synthetic import SyntheticSet
 
 
@@ -27,10 +27,16 @@ def distill_random(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> SyntheticSet:
-    """Pick ``ipc`` distinct real images of every class (no optimisation)."""
+    """Pick ``ipc`` distinct real images of every class present (all of a smaller class)."""
     gen = seeded(seed)
-    check_ipc(real, ipc, "real")
-    idx = sample_per_class(real, ipc, gen)
+    check_init(real, ipc, "real")
+    by_class = real.class_indices()
+    idx = torch.cat(
+        [
+            by_class[c][torch.randperm(len(by_class[c]), generator=gen)[:ipc]]
+            for c in present_classes(real)
+        ]
+    )
     return make_set(
         real.images[idx],
         real.labels[idx],
