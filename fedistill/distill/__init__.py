@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,9 +98,14 @@ def distill(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    model: torch.nn.Module | None = None,
     **overrides: Any,
 ) -> SyntheticSet:
-    """Distill ``real`` into ``ipc`` images per class with the named method."""
+    """Distill ``real`` into ``ipc`` images per class with the named method.
+
+    ``model`` (optional) is a trained network to distill against, e.g. the current global model
+    in multi-round FedDM; only methods whose function takes a ``model`` keyword accept it.
+    """
     m = get_method(method)
     if not isinstance(ipc, int) or ipc < 1:
         raise ConfigError(f"ipc must be a positive integer, got {ipc!r}")
@@ -107,4 +113,10 @@ def distill(
         config = m.make_config(**overrides)
     elif overrides:
         config = dataclasses.replace(config, **overrides)
-    return m.fn(real, ipc, config, seed=seed, device=torch.device(device), progress=progress)
+    kwargs: dict[str, Any] = {}
+    if model is not None:
+        if "model" not in inspect.signature(m.fn).parameters:
+            raise ConfigError(f"method '{method}' cannot distill against a given model")
+        kwargs["model"] = model
+    return m.fn(real, ipc, config, seed=seed, device=torch.device(device), progress=progress,
+                **kwargs)
