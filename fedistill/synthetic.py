@@ -108,6 +108,14 @@ class SyntheticSet:
                 f"{source}: expected tensors 'images' and 'labels', found {sorted(tensors)}"
             )
         meta = _parse_meta(header, source)
+        if tensors["images"].dtype != torch.float32:
+            raise SyntheticSetError(
+                f"{source}: images must be float32, got {tensors['images'].dtype}"
+            )
+        if tensors["labels"].dtype not in (torch.int64, torch.float32):
+            raise SyntheticSetError(
+                f"{source}: labels must be int64 or float32, got {tensors['labels'].dtype}"
+            )
         try:
             return cls(tensors["images"], tensors["labels"], meta)
         except SyntheticSetError as exc:
@@ -222,21 +230,23 @@ def _parse_header(blob: bytes, source: str) -> dict[str, Any]:
     """Read the safetensors header by hand: refuses pickles, truncation and odd layouts early."""
     if len(blob) < 8:
         raise SyntheticSetError(f"{source}: truncated file ({len(blob)} bytes)")
-    if blob[:1] == b"\x80" or blob[:2] in (b"PK", b"\x1f\x8b"):
-        raise SyntheticSetError(
-            f"{source}: looks like a pickle/zip/gzip file, which is never "
-            "loaded; expected a safetensors synthetic set"
-        )
     (hlen,) = struct.unpack("<Q", blob[:8])
-    if hlen > MAX_HEADER_BYTES or 8 + hlen > len(blob):
+    header = None
+    if 2 <= hlen <= MAX_HEADER_BYTES and 8 + hlen <= len(blob) and blob[8:9] == b"{":
+        try:
+            header = json.loads(blob[8 : 8 + hlen].decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise SyntheticSetError(f"{source}: header is not valid JSON") from None
+    if header is None:
+        if _looks_like_pickle(blob):
+            raise SyntheticSetError(
+                f"{source}: looks like a pickle/zip/gzip file, which is never "
+                "loaded; expected a safetensors synthetic set"
+            )
         raise SyntheticSetError(
             f"{source}: not a safetensors file, or truncated (header length "
             f"{hlen}, file {len(blob)} bytes)"
         )
-    try:
-        header = json.loads(blob[8 : 8 + hlen].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise SyntheticSetError(f"{source}: header is not valid JSON") from None
     if not isinstance(header, dict):
         raise SyntheticSetError(f"{source}: header is not a JSON object")
     end = 0
@@ -266,3 +276,10 @@ def _parse_meta(header: dict[str, Any], source: str) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise SyntheticSetError(f"{source}: '{META_KEY}' metadata is not a JSON object")
     return meta
+
+
+def _looks_like_pickle(blob: bytes) -> bool:
+    """Pickle (protocol 2+ starts with 0x80 and a protocol byte), torch.save zip, or gzip."""
+    return (blob[:1] == b"\x80" and blob[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or blob[
+        :2
+    ] in (b"PK", b"\x1f\x8b")
