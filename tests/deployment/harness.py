@@ -194,6 +194,9 @@ class ProcessSet:
             if proc.alive():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGTERM)
+        for pid, _start in self.still_running():  # descendants in sessions of their own
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + self.term_timeout
         while time.monotonic() < deadline and self.still_running():
             for proc in self.procs:
@@ -209,6 +212,9 @@ class ProcessSet:
         for proc in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=5)
+        deadline = time.monotonic() + 5  # SIGKILL is asynchronous
+        while time.monotonic() < deadline and self.still_running():
+            time.sleep(0.1)
 
     def still_running(self) -> list[tuple[int, int]]:
         """Recorded processes (started ones and their descendants) that still run."""
