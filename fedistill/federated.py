@@ -1,0 +1,528 @@
+"""FedDM and FedAvg as plain functions: the logic the Flower apps run, without Flower.
+
+FedDM (Xiong et al., "FedDM: Iterative Distribution Matching for Communication-Efficient
+Federated Learning", CVPR 2023), Algorithm 1, as implemented here:
+
+    for round t = 1..T:
+        server sends the global model w_t to every client        (none in round 1)
+        client k distills its data D_k into a synthetic set S_k   (against w_t when the method
+                                                                   takes a model)
+        client k uploads S_k                                       (never D_k)
+        server checks each S_k, keeps the acceptable ones
+        server trains w_{t+1} from w_t on the pooled ∪ S_k
+    report the test accuracy of w_{T+1}
+
+One round is "one-shot" FedDM. :func:`simulate_feddm` runs the whole loop in one process, with
+hooks where an attack study needs them (a client's data, its uploaded set, the server's filter);
+:func:`simulate_fedavg` is the FedAvg baseline (McMahan et al. 2017) on the same partitions. The
+Flower ServerApp and ClientApp (``server/``, ``clients/``) call :func:`client_distill`,
+:func:`train_global`, :func:`check_client_set`, :func:`local_train` and :func:`client_seed`, so
+both paths compute the same thing.
+
+This module never imports Flower.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedistill.augment import DSA, default_strategy
+from fedistill.data import DatasetInfo, LabeledImages
+from fedistill.distill import distill, get_method
+from fedistill.errors import ConfigError, SyntheticSetError
+from fedistill.evaluate import EvalConfig, accuracy, train_classifier
+from fedistill.models import build_model
+from fedistill.partition import partition
+from fedistill.synthetic import SyntheticSet
+
+log = logging.getLogger(__name__)
+
+DataTamper = Callable[[int, LabeledImages], LabeledImages]
+SetTamper = Callable[[int, SyntheticSet], SyntheticSet]
+SetFilter = Callable[[dict[int, SyntheticSet]], tuple[list[int], dict[int, str]]]
+UpdateTamper = Callable[[int, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+def client_seed(seed: int, client_id: int, server_round: int = 1) -> int:
+    """The seed a client distills (or trains) with in a round: one rule for every path."""
+    return int(seed) + 1000 * (int(server_round) - 1) + int(client_id)
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers as float32/int arrays (what FedAvg sends)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+# --------------------------------------------------------------------------- client side
+
+
+def client_distill(
+    part: LabeledImages,
+    method: str,
+    ipc: int,
+    config: Any | None = None,
+    *,
+    seed: int,
+    device: str | torch.device = "cpu",
+    model: nn.Module | None = None,
+    progress: bool = False,
+) -> SyntheticSet:
+    """A client's step: distill its partition with a registry method.
+
+    ``config`` is the method's config dataclass, a dict of overrides, or None (defaults).
+    ``model`` is the current global model (multi-round FedDM); it is passed to methods that
+    take one and ignored, with a log line, by methods that do not.
+    """
+    m = get_method(method)
+    if config is None:
+        config = m.make_config()
+    elif isinstance(config, dict):
+        config = m.make_config(**config)
+    if model is not None and "model" not in inspect.signature(m.fn).parameters:
+        log.info("method '%s' takes no model; distilling without the global model", method)
+        model = None
+    if model is not None:
+        model = copy.deepcopy(model).to(device).eval()
+    return distill(
+        method, part, ipc, config, seed=seed, device=device, progress=progress, model=model
+    )
+
+
+def check_client_set(
+    syn: SyntheticSet,
+    info: DatasetInfo,
+    *,
+    max_ipc: int | None = None,
+    max_bytes: int | None = None,
+) -> None:
+    """Server-side acceptance test of an uploaded set, beyond what SyntheticSet checks.
+
+    The set must be of ``info``'s dataset and image shape, have ``info.num_classes`` classes,
+    hold at most ``max_ipc`` images of any class (hard labels, or the argmax of soft ones) and
+    at most ``max_bytes`` bytes. Raises SyntheticSetError naming the first violation.
+    """
+    if syn.meta.get("dataset") != info.name:
+        raise SyntheticSetError(f"set is of dataset '{syn.meta.get('dataset')}', not '{info.name}'")
+    if tuple(syn.images.shape[1:]) != info.shape:
+        raise SyntheticSetError(
+            f"images are {tuple(syn.images.shape[1:])}, the dataset's are {info.shape}"
+        )
+    if syn.num_classes != info.num_classes:
+        raise SyntheticSetError(f"set has {syn.num_classes} classes, dataset {info.num_classes}")
+    if max_bytes is not None and syn.nbytes() > max_bytes:
+        raise SyntheticSetError(f"{syn.nbytes()} bytes is over the {max_bytes} byte cap")
+    if max_ipc is not None:
+        counts = torch.bincount(syn.hard_labels(), minlength=info.num_classes)
+        worst = int(counts.argmax())
+        if int(counts[worst]) > max_ipc:
+            raise SyntheticSetError(
+                f"{int(counts[worst])} images of class {worst}, over the cap of {max_ipc} per class"
+            )
+
+
+def local_train(
+    model: nn.Module,
+    data: LabeledImages,
+    *,
+    epochs: int = 1,
+    lr: float = 0.01,
+    batch_size: int = 32,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """FedAvg's client step: a few epochs of minibatch SGD on the client's real data."""
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    x, y = data.images.to(device), data.labels.to(device)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=gen).to(device)
+        for start in range(0, len(x), batch_size):
+            idx = order[start : start + batch_size]
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- server side
+
+
+def train_global(
+    sets: list[SyntheticSet],
+    info: DatasetInfo,
+    cfg: EvalConfig,
+    *,
+    seed: int,
+    device: str | torch.device = "cpu",
+    init_model: nn.Module | None = None,
+    progress: bool = False,
+) -> nn.Module:
+    """The server's step: pool the sets and train the global model on the pool.
+
+    From ``init_model`` (a copy; multi-round FedDM) or a fresh ``cfg.model``, with the
+    evaluation protocol's SGD schedule and optional DSA augmentation.
+    """
+    pool = SyntheticSet.concat(sets)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    if init_model is not None:
+        model = copy.deepcopy(init_model)
+    else:
+        model = build_model(cfg.model, info, **cfg.model_kwargs)
+    augment = DSA(cfg.dsa_strategy or default_strategy(info)) if cfg.dsa else None
+    return train_classifier(
+        model,
+        pool.images,
+        pool.labels,
+        cfg,
+        label_kind=pool.meta.get("label_kind", "hard"),
+        augment=augment,
+        device=device,
+        generator=gen,
+        progress=progress,
+    )
+
+
+def fedavg_aggregate(
+    states: list[dict[str, torch.Tensor]], weights: list[float]
+) -> dict[str, torch.Tensor]:
+    """The weighted mean of state dicts (weights: examples per client)."""
+    if not states:
+        raise ConfigError("no client updates to average")
+    total = float(sum(weights))
+    out = {}
+    for key in states[0]:
+        acc = sum(s[key].double() * (w / total) for s, w in zip(states, weights))
+        out[key] = acc.to(states[0][key].dtype)
+    return out
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class FedResult:
+    """What a federated run produced.
+
+    ``clients`` maps a client id to its metrics in the last round it took part in
+    (num_examples, seconds, bytes, epsilon/delta where the set carries privacy facts);
+    ``history`` has one entry per round (accuracy, bytes up/down, kept, rejected).
+    """
+
+    strategy: str
+    accuracy: float
+    model: nn.Module
+    sets: dict[int, SyntheticSet] = field(default_factory=dict)
+    kept: list[int] = field(default_factory=list)
+    rejected: dict[int, str] = field(default_factory=dict)
+    clients: dict[int, dict[str, Any]] = field(default_factory=dict)
+    partitions: list[np.ndarray] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    accuracies: list[float] = field(default_factory=list)  # fresh models (eval-models > 1)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    server_seconds: float = 0.0
+    client_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no model, no sets)."""
+        return {
+            "strategy": self.strategy,
+            "accuracy": self.accuracy,
+            "accuracies": self.accuracies,
+            "kept": self.kept,
+            "rejected": {str(k): v for k, v in self.rejected.items()},
+            "clients": {str(k): v for k, v in self.clients.items()},
+            "partition_sizes": [len(p) for p in self.partitions],
+            "history": self.history,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "server_seconds": self.server_seconds,
+            "client_seconds": self.client_seconds,
+            "wall_seconds": self.wall_seconds,
+        }
+
+
+def set_metrics(syn: SyntheticSet, part_size: int, seconds: float) -> dict[str, Any]:
+    """A client's report on its set: size, bytes, time and privacy facts where there are any."""
+    out: dict[str, Any] = {
+        "num_examples": int(part_size),
+        "num_synthetic": len(syn),
+        "seconds": float(seconds),
+        "bytes": syn.nbytes(),
+    }
+    priv = syn.privacy or {}
+    for key in ("epsilon", "delta", "rho"):
+        if isinstance(priv.get(key), int | float):
+            out[key] = float(priv[key])
+    if "rho" not in out and isinstance(syn.meta.get("hyperparameters", {}).get("rho"), int | float):
+        out["rho"] = float(syn.meta["hyperparameters"]["rho"])
+    return out
+
+
+def client_partitions(
+    train: LabeledImages,
+    num_clients: int,
+    partitioner: str = "dirichlet",
+    alpha: float = 0.5,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """The clients' index sets, as the ClientApp computes them (same seed, same split)."""
+    return partition(train.labels.numpy(), num_clients, partitioner, alpha=alpha, seed=seed)
+
+
+def _fresh_model_accuracies(
+    sets: list[SyntheticSet],
+    info: DatasetInfo,
+    test: LabeledImages,
+    cfg: EvalConfig,
+    seed: int,
+    device: str | torch.device,
+) -> list[float]:
+    """Accuracies of ``cfg.num_models - 1`` further fresh models on the pool (seeds seed+1..)."""
+    out = []
+    for m in range(1, cfg.num_models):
+        model = train_global(sets, info, cfg, seed=seed + m, device=device)
+        out.append(accuracy(model, test, device))
+    return out
+
+
+# --------------------------------------------------------------------------- simulations
+
+
+def simulate_feddm(
+    train: LabeledImages,
+    test: LabeledImages,
+    *,
+    num_clients: int = 5,
+    partitioner: str = "dirichlet",
+    alpha: float = 0.5,
+    method: str = "dm",
+    ipc: int = 10,
+    method_config: Any | None = None,
+    eval_cfg: EvalConfig | None = None,
+    rounds: int = 1,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    max_ipc: int | None = None,
+    max_bytes: int | None = None,
+    data_tamper: DataTamper | None = None,
+    set_tamper: SetTamper | None = None,
+    set_filter: SetFilter | None = None,
+    progress: bool = False,
+) -> FedResult:
+    """FedDM in one process: partition, distill per client, check, filter, pool, train, test.
+
+    Hooks for attack studies: ``data_tamper(client_id, part) -> part`` changes a client's real
+    data before it distills (label flipping, backdoor triggers); ``set_tamper(client_id, syn)
+    -> syn`` changes the set a client uploads; ``set_filter(sets) -> (kept_ids,
+    {rejected_id: reason})`` is a server-side defence. A set failing :func:`check_client_set`
+    (caps default to ``ipc`` per class) is rejected with its reason before the filter runs.
+    """
+    t_start = time.perf_counter()
+    if rounds < 1:
+        raise ConfigError(f"rounds must be ≥ 1, got {rounds}")
+    cfg = eval_cfg or EvalConfig(num_models=1)
+    cfg.validate()
+    info = train.info
+    max_ipc = ipc if max_ipc is None else max_ipc
+    parts_idx = client_partitions(train, num_clients, partitioner, alpha, seed)
+    parts = {cid: train.subset(idx) for cid, idx in enumerate(parts_idx)}
+    if data_tamper is not None:
+        parts = {cid: data_tamper(cid, part) for cid, part in parts.items()}
+
+    result = FedResult("feddm", float("nan"), None, partitions=parts_idx)  # type: ignore[arg-type]
+    global_model: nn.Module | None = None
+    for rnd in range(1, rounds + 1):
+        down = model_bytes(global_model) * num_clients if global_model is not None else 0
+        sets: dict[int, SyntheticSet] = {}
+        rejected: dict[int, str] = {}
+        for cid, part in parts.items():
+            t0 = time.perf_counter()
+            syn = client_distill(
+                part,
+                method,
+                ipc,
+                method_config,
+                seed=client_seed(seed, cid, rnd),
+                device=device,
+                model=global_model,
+                progress=progress,
+            )
+            seconds = time.perf_counter() - t0
+            result.client_seconds += seconds
+            if set_tamper is not None:
+                syn = set_tamper(cid, syn)
+            result.clients[cid] = set_metrics(syn, len(part), seconds)
+            try:
+                check_client_set(syn, info, max_ipc=max_ipc, max_bytes=max_bytes)
+            except SyntheticSetError as exc:
+                rejected[cid] = str(exc)
+                continue
+            sets[cid] = syn
+        up = sum(result.clients[cid]["bytes"] for cid in parts)
+        kept = sorted(sets)
+        if set_filter is not None and sets:
+            kept, filtered = set_filter(dict(sets))
+            kept = sorted(int(k) for k in kept)
+            rejected.update({int(k): str(v) for k, v in filtered.items()})
+        if not kept:
+            raise ConfigError(f"round {rnd}: every client's set was rejected: {rejected}")
+        t0 = time.perf_counter()
+        global_model = train_global(
+            [sets[k] for k in kept],
+            info,
+            cfg,
+            seed=seed + rnd - 1,
+            device=device,
+            init_model=global_model,
+            progress=progress,
+        )
+        result.server_seconds += time.perf_counter() - t0
+        acc = accuracy(global_model, test, device)
+        result.bytes_up += up
+        result.bytes_down += down
+        result.history.append(
+            {
+                "round": rnd,
+                "accuracy": acc,
+                "bytes_up": up,
+                "bytes_down": down,
+                "cum_bytes_up": result.bytes_up,
+                "kept": kept,
+                "rejected": {str(k): v for k, v in rejected.items()},
+            }
+        )
+        log.info("feddm round %d/%d: accuracy %.4f, kept %s", rnd, rounds, acc, kept)
+        result.sets, result.kept, result.rejected = sets, kept, rejected
+
+    result.model = global_model
+    result.accuracy = result.history[-1]["accuracy"]
+    result.accuracies = [result.accuracy]
+    if rounds == 1 and cfg.num_models > 1:
+        result.accuracies += _fresh_model_accuracies(
+            [result.sets[k] for k in result.kept], info, test, cfg, seed, device
+        )
+    result.wall_seconds = time.perf_counter() - t_start
+    return result
+
+
+def simulate_fedavg(
+    train: LabeledImages,
+    test: LabeledImages,
+    *,
+    num_clients: int = 5,
+    partitioner: str = "dirichlet",
+    alpha: float = 0.5,
+    rounds: int = 10,
+    local_epochs: int = 1,
+    lr: float = 0.01,
+    batch_size: int = 32,
+    model: str = "convnet",
+    model_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    data_tamper: DataTamper | None = None,
+    update_tamper: UpdateTamper | None = None,
+    progress: bool = False,
+) -> FedResult:
+    """The FedAvg baseline in one process, on the same partitions as :func:`simulate_feddm`.
+
+    Each round every client trains the global model ``local_epochs`` epochs on its real data
+    (``data_tamper`` may poison it first; ``update_tamper(client_id, state) -> state`` may
+    change what a client sends back), and the server takes the example-weighted mean.
+    """
+    t_start = time.perf_counter()
+    if rounds < 1:
+        raise ConfigError(f"rounds must be ≥ 1, got {rounds}")
+    info = train.info
+    parts_idx = client_partitions(train, num_clients, partitioner, alpha, seed)
+    parts = {cid: train.subset(idx) for cid, idx in enumerate(parts_idx)}
+    if data_tamper is not None:
+        parts = {cid: data_tamper(cid, part) for cid, part in parts.items()}
+    torch.manual_seed(seed)
+    global_model = build_model(model, info, **(model_kwargs or {})).to(device)
+    size = model_bytes(global_model)
+    result = FedResult("fedavg", float("nan"), global_model, partitions=parts_idx)
+    from fedistill.progress import progress_bar
+
+    with progress_bar("fedavg", rounds, progress) as bar:
+        for rnd in range(1, rounds + 1):
+            states, weights = [], []
+            for cid, part in parts.items():
+                t0 = time.perf_counter()
+                local = local_train(
+                    copy.deepcopy(global_model),
+                    part,
+                    epochs=local_epochs,
+                    lr=lr,
+                    batch_size=batch_size,
+                    seed=client_seed(seed, cid, rnd),
+                    device=device,
+                )
+                seconds = time.perf_counter() - t0
+                result.client_seconds += seconds
+                state = {k: v.detach().cpu() for k, v in local.state_dict().items()}
+                if update_tamper is not None:
+                    state = update_tamper(cid, state)
+                states.append(state)
+                weights.append(len(part))
+                prev = result.clients.get(cid, {})
+                result.clients[cid] = {
+                    "num_examples": len(part),
+                    "seconds": prev.get("seconds", 0.0) + seconds,
+                    "bytes": prev.get("bytes", 0) + size,
+                }
+            t0 = time.perf_counter()
+            global_model.load_state_dict(fedavg_aggregate(states, weights))
+            result.server_seconds += time.perf_counter() - t0
+            acc = accuracy(global_model, test, device)
+            up = down = size * len(parts)
+            result.bytes_up += up
+            result.bytes_down += down
+            result.history.append(
+                {
+                    "round": rnd,
+                    "accuracy": acc,
+                    "bytes_up": up,
+                    "bytes_down": down,
+                    "cum_bytes_up": result.bytes_up,
+                }
+            )
+            bar.advance(acc=acc)
+            log.info("fedavg round %d/%d: accuracy %.4f", rnd, rounds, acc)
+    result.kept = sorted(parts)
+    result.accuracy = result.history[-1]["accuracy"]
+    result.accuracies = [result.accuracy]
+    result.wall_seconds = time.perf_counter() - t_start
+    return result
+
+
+def eval_config_from(
+    epochs: int = 300, num_models: int = 1, model: str = "convnet", dsa: bool = True, **kw: Any
+) -> EvalConfig:
+    """An EvalConfig from flat run-config values (unknown keys are a ConfigError)."""
+    names = {f.name for f in dataclasses.fields(EvalConfig)}
+    bad = sorted(set(kw) - names)
+    if bad:
+        raise ConfigError(f"evaluation takes no option {', '.join(bad)}")
+    cfg = EvalConfig(model=model, epochs=epochs, num_models=num_models, dsa=dsa, **kw)
+    cfg.validate()
+    return cfg
