@@ -1,0 +1,136 @@
+"""The CLI's exact forms, and its contract on bad input: one line on stderr, exit code 2."""
+
+import json
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fedistill.cli import main
+from fedistill.synthetic import SyntheticSet
+
+
+def run(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_distill_evaluate_show_round_trip(tmp_path, capsys):
+    out = tmp_path / "r.safetensors"
+    code, stdout, _ = run(
+        [
+            "distill",
+            "--method",
+            "random",
+            "--dataset",
+            "digits",
+            "--ipc",
+            "2",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 0 and "wrote" in stdout and out.is_file()
+    syn = SyntheticSet.load(out)
+    assert len(syn) == 20 and syn.meta["method"] == "random"
+
+    code, stdout, _ = run(
+        ["evaluate", str(out), "--epochs", "5", "--models", "2", "--json", "--quiet"], capsys
+    )
+    assert code == 0
+    result = json.loads(stdout)
+    assert set(result) >= {"accuracy_mean", "accuracy_std", "accuracies"}
+    assert len(result["accuracies"]) == 2 and all(0 <= a <= 1 for a in result["accuracies"])
+
+    png = tmp_path / "grid.png"
+    code, _, _ = run(["show", str(out), "--out", str(png)], capsys)
+    assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["distill", "--method", "nope", "--out", "x"], "unknown method 'nope'"),
+        (["distill", "--method", "random", "--ipc", "0", "--out", "x"], "positive integer"),
+        (
+            ["distill", "--method", "random", "--dataset", "imagenet", "--out", "x"],
+            "unknown dataset",
+        ),
+        (["distill", "--method", "random", "--rho", "0.5", "--out", "x"], "takes no option rho"),
+        (
+            [
+                "distill",
+                "--method",
+                "random",
+                "--dataset",
+                "mnist",
+                "--data-root",
+                "/nonexistent",
+                "--out",
+                "x",
+            ],
+            "not found: expected",
+        ),
+        (["evaluate", "/nonexistent/set.safetensors"], "not found"),
+        (["frobnicate"], "invalid choice"),
+        (["distill", "--method", "random"], "required"),
+    ],
+)
+def test_bad_input_one_line_exit_2(args, message, capsys):
+    code, _, err = run(args, capsys)
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_pickle_renamed_to_set_is_refused_and_not_executed(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "evil.safetensors"
+    bad.write_bytes(pickle.dumps(Evil()))
+    for cmd in (["evaluate", str(bad)], ["show", str(bad), "--out", str(tmp_path / "g.png")]):
+        code, _, err = run(cmd, capsys)
+        assert code == 2 and "pickle" in err
+    assert not marker.exists()
+
+
+def test_corrupt_file_exit_2(tmp_path, capsys):
+    s = SyntheticSet(
+        torch.zeros(2, 1, 8, 8),
+        torch.tensor([0, 1]),
+        {
+            "dataset": "digits",
+            "mean": [0.3],
+            "std": [0.4],
+            "method": "x",
+            "ipc": 1,
+            "seed": 0,
+            "iterations": 0,
+            "num_classes": 10,
+        },
+    )
+    p = s.save(tmp_path / "s.safetensors")
+    p.write_bytes(p.read_bytes()[:-7])
+    code, _, err = run(["evaluate", str(p)], capsys)
+    assert code == 2 and "truncated" in err
+
+
+def test_console_entry_point_exit_code():
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedistill", "distill", "--method", "nope", "--out", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
