@@ -1,0 +1,59 @@
+"""Small shared pieces of the benchmark scripts: machine facts, peak memory, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MNIST = REPO.parent / "shared" / "data" / "mnist-subset"
+RESULTS = REPO / "experiments" / "results"
+
+
+def require_mnist(root: str | Path) -> Path:
+    root = Path(root)
+    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        sys.exit(
+            f"error: MNIST subset not found under {root} (expected MNIST/raw/*-ubyte); "
+            "pass --data-root"
+        )
+    return root
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "load_average_1m": os.getloadavg()[0],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def command_line() -> str:
+    return "python " + " ".join(
+        shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]
+    )
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path

@@ -1,0 +1,152 @@
+"""Benchmark: random, DM, DC and DSA at IPC 1 and 10 on the real MNIST subset, on the CPU.
+
+Each (method, ipc) runs in its own subprocess so its peak RSS is its own. For each: distill with
+the stated iterations, time it (seconds per iteration), then train the standard ConvNet-128-3
+(instance norm, SGD 0.01, momentum 0.9, wd 5e-4, DSA) for the stated epochs on the set, several
+models, and test on the subset's 997 test images. Writes experiments/results/bench_distill.json.
+
+    python experiments/bench_distill.py                      # the README's table
+    python experiments/bench_distill.py --quick              # a one-minute smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from _bench import (
+    DEFAULT_MNIST,
+    RESULTS,
+    command_line,
+    machine,
+    peak_rss_mib,
+    require_mnist,
+    write_json,
+)
+
+# CPU budget per (method, ipc): iterations of the method's own loop. Stated in the JSON/README.
+BUDGET = {
+    ("random", 1): 0,
+    ("random", 10): 0,
+    ("dm", 1): 200,
+    ("dm", 10): 200,
+    ("dc", 1): 200,
+    ("dc", 10): 10,
+    ("dsa", 1): 200,
+    ("dsa", 10): 10,
+}
+QUICK = {k: min(v, 3) for k, v in BUDGET.items()}
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    from fedistill.data import load_dataset
+    from fedistill.distill import distill
+    from fedistill.evaluate import EvalConfig, evaluate_set
+
+    torch.set_num_threads(args.threads)
+    train = load_dataset("mnist", args.data_root, train=True)
+    test = load_dataset("mnist", args.data_root, train=False)
+    overrides = {"iterations": args.iterations} if args.method != "random" else {}
+    t0 = time.perf_counter()
+    syn = distill(args.method, train, args.ipc, seed=args.seed, **overrides)
+    seconds = time.perf_counter() - t0
+    res = evaluate_set(
+        syn, test, EvalConfig(epochs=args.epochs, num_models=args.models), seed=args.seed
+    )
+    out = {
+        "method": args.method,
+        "ipc": args.ipc,
+        "iterations": args.iterations,
+        "distill_seconds": seconds,
+        "seconds_per_iteration": seconds / args.iterations if args.iterations else None,
+        "peak_rss_mib": peak_rss_mib(),
+        "accuracy_mean": res.mean,
+        "accuracy_std": res.std,
+        "accuracies": res.accuracies,
+        "eval_epochs": args.epochs,
+        "eval_models": args.models,
+        "hyperparameters": syn.meta.get("hyperparameters"),
+    }
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-root", default=str(DEFAULT_MNIST))
+    p.add_argument("--methods", default="random,dm,dc,dsa")
+    p.add_argument("--ipcs", default="1,10")
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--models", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=str(RESULTS / "bench_distill.json"))
+    p.add_argument("--worker", nargs=2, metavar=("METHOD", "IPC"), help=argparse.SUPPRESS)
+    p.add_argument("--iterations", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    require_mnist(args.data_root)
+    if args.worker:
+        args.method, args.ipc = args.worker[0], int(args.worker[1])
+        worker(args)
+        return
+    if args.quick:
+        args.epochs, args.models = 20, 1
+    budget = QUICK if args.quick else BUDGET
+    rows = []
+    for method in args.methods.split(","):
+        for ipc in map(int, args.ipcs.split(",")):
+            iters = budget.get((method, ipc), 50)
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                method,
+                str(ipc),
+                "--iterations",
+                str(iters),
+                "--data-root",
+                args.data_root,
+                "--epochs",
+                str(args.epochs),
+                "--models",
+                str(args.models),
+                "--seed",
+                str(args.seed),
+                "--threads",
+                str(args.threads),
+            ]
+            print(f"[bench_distill] {method} ipc {ipc}: {iters} iterations …", flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode != 0 or not line:
+                err = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+                rows.append({"method": method, "ipc": ipc, "error": err[0]})
+                print(f"  failed: {err[0]}", flush=True)
+                continue
+            row = json.loads(line[0][7:])
+            rows.append(row)
+            print(
+                f"  {100 * row['accuracy_mean']:.2f} ± {100 * row['accuracy_std']:.2f} %  "
+                f"{row['distill_seconds']:.1f} s  peak {row['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
+    payload = {
+        "benchmark": "bench_distill",
+        "command": command_line(),
+        "dataset": "mnist-subset",
+        "train_size": 8006,
+        "test_size": 997,
+        "quick": args.quick,
+        "machine": machine(),
+        "results": rows,
+    }
+    print(f"wrote {write_json(args.out, payload)}")
+
+
+if __name__ == "__main__":
+    main()
