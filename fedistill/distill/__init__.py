@@ -118,5 +118,6 @@ def distill(
         if "model" not in inspect.signature(m.fn).parameters:
             raise ConfigError(f"method '{method}' cannot distill against a given model")
         kwargs["model"] = model
-    return m.fn(real, ipc, config, seed=seed, device=torch.device(device), progress=progress,
-                **kwargs)
+    return m.fn(
+        real, ipc, config, seed=seed, device=torch.device(device), progress=progress, **kwargs
+    )
