@@ -288,7 +288,7 @@ def client_partitions(
     return partition(train.labels.numpy(), num_clients, partitioner, alpha=alpha, seed=seed)
 
 
-def _fresh_model_accuracies(
+def fresh_model_accuracies(
     sets: list[SyntheticSet],
     info: DatasetInfo,
     test: LabeledImages,
@@ -417,7 +417,7 @@ def simulate_feddm(
     result.accuracy = result.history[-1]["accuracy"]
     result.accuracies = [result.accuracy]
     if rounds == 1 and cfg.num_models > 1:
-        result.accuracies += _fresh_model_accuracies(
+        result.accuracies += fresh_model_accuracies(
             [result.sets[k] for k in result.kept], info, test, cfg, seed, device
         )
     result.wall_seconds = time.perf_counter() - t_start

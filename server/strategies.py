@@ -1,0 +1,346 @@
+"""The server's strategies: FedDM (one-shot and multi-round, optionally robust) and FedAvg.
+
+FedDM is a loop of its own (its replies are synthetic sets, not model updates, so Flower's
+FedAvg, which wants exactly one ArrayRecord to average, does not apply). FedAvg is Flower's
+own ``FedAvg`` with its ``start`` loop; the subclass here only checks each reply before
+Flower averages it and records per-client metrics and bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from torch import nn
+
+from clients.task import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    METRICS_KEY,
+    RunSettings,
+    model_to_record,
+    new_model,
+    record_to_model,
+)
+from fedistill.data import DatasetInfo, LabeledImages
+from fedistill.errors import ConfigError
+from fedistill.evaluate import accuracy
+from fedistill.federated import fresh_model_accuracies, train_global
+from fedistill.synthetic import SyntheticSet
+from server.results import Section
+from server.validate import ReplyError, validate_synthetic_reply, validate_update_reply
+
+log = logging.getLogger("flwr.fedistill.server")
+
+
+def wait_for_nodes(grid: Grid, min_nodes: int, wait: float) -> list[int]:
+    """The connected nodes, once at least ``min_nodes`` are (or ``wait`` seconds passed)."""
+    deadline = time.monotonic() + wait
+    while True:
+        ids = sorted(grid.get_node_ids())
+        if len(ids) >= max(1, min_nodes) or time.monotonic() > deadline:
+            break
+        log.info("waiting for nodes: %d connected, %d wanted", len(ids), min_nodes)
+        time.sleep(1.0)
+    if not ids:
+        raise ConfigError(f"no SuperNode connected within {wait:.0f} s")
+    return ids
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Bytes of the arrays a message carries (as serialised; no decoding)."""
+    return sum(rec.count_bytes() for rec in content.array_records.values())
+
+
+def _partition_of(msg: Message) -> int | None:
+    try:
+        rec = msg.content.metric_records.get(METRICS_KEY)
+        value = rec.get("partition-id") if rec is not None else None
+        return int(value) if isinstance(value, int | float) else None
+    except Exception:
+        return None
+
+
+def _drop(node: int, reason: str, msg: Message | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"node_id": node, "reason": reason}
+    if msg is not None and not msg.has_error():
+        pid = _partition_of(msg)
+        if pid is not None:
+            out["partition_id"] = pid
+    log.warning("dropped the reply of node %s: %s", node, reason)
+    return out
+
+
+# --------------------------------------------------------------------------- FedDM
+
+
+@dataclass
+class FedDMOutcome:
+    model: nn.Module | None
+    pool: SyntheticSet | None
+    sets: dict[int, SyntheticSet] = field(default_factory=dict)
+
+
+def run_feddm(
+    grid: Grid,
+    s: RunSettings,
+    test: LabeledImages,
+    section: Section,
+    *,
+    robust: bool = False,
+) -> FedDMOutcome:
+    """FedDM rounds: send (config, global model), validate the sets, filter, pool, train."""
+    info: DatasetInfo = test.info
+    cfg = s.eval_config()
+    filter_sets = _robust_filter() if robust else None
+    model: nn.Module | None = None
+    outcome = FedDMOutcome(None, None)
+    for rnd in range(1, s.rounds + 1):
+        nodes = wait_for_nodes(grid, s.min_nodes, s.node_wait)
+        log.info(
+            "[FedDM round %d/%d] asking %d nodes for synthetic sets", rnd, s.rounds, len(nodes)
+        )
+        content = RecordDict(
+            {CONFIG_KEY: ConfigRecord({"strategy": s.strategy, "server-round": rnd})}
+        )
+        if model is not None:
+            content[ARRAYS_KEY] = model_to_record(model)
+        down = content_bytes(content) * len(nodes)
+        messages = [
+            Message(content, dst_node_id=n, message_type=MessageType.TRAIN, group_id=str(rnd))
+            for n in nodes
+        ]
+        replies = {
+            r.metadata.src_node_id: r
+            for r in grid.send_and_receive(messages, timeout=s.reply_timeout)
+        }
+
+        sets: dict[int, SyntheticSet] = {}
+        clients: dict[int, dict[str, Any]] = {}
+        dropped: list[dict[str, Any]] = []
+        up = 0
+        for node in nodes:
+            msg = replies.get(node)
+            if msg is None:
+                dropped.append(_drop(node, f"no reply within {s.reply_timeout:g} s"))
+                continue
+            if msg.has_error():
+                dropped.append(_drop(node, f"client error: {msg.error.reason}"))
+                continue
+            up += content_bytes(msg.content)
+            try:
+                valid = validate_synthetic_reply(
+                    msg.content, info, max_ipc=s.ipc_cap, max_bytes=s.max_bytes
+                )
+            except ReplyError as exc:
+                dropped.append(_drop(node, f"invalid reply: {exc}", msg))
+                continue
+            sets[node] = valid.syn
+            clients[node] = dict(valid.metrics, bytes=valid.payload_bytes)
+
+        kept = sorted(sets)
+        if filter_sets is not None and sets:
+            kept, rejected = filter_sets(dict(sets), info, seed=s.seed + rnd - 1, device=s.device)
+            kept = sorted(int(k) for k in kept)
+            for node, reason in sorted(rejected.items()):
+                row = _drop(int(node), f"filtered: {reason}")
+                row.update(
+                    {k: v for k, v in clients.get(int(node), {}).items() if k == "partition_id"}
+                )
+                dropped.append(row)
+
+        acc, seconds, extra = None, 0.0, {}
+        if kept:
+            t0 = time.perf_counter()
+            model = train_global(
+                [sets[k] for k in kept],
+                info,
+                cfg,
+                seed=s.seed + rnd - 1,
+                device=s.device,
+                init_model=model,
+            )
+            seconds = time.perf_counter() - t0
+            acc = accuracy(model, test, s.device)
+            outcome.pool = SyntheticSet.concat([sets[k] for k in kept])
+            log.info(
+                "[FedDM round %d] %d sets kept, %d dropped: test accuracy %.4f",
+                rnd,
+                len(kept),
+                len(dropped),
+                acc,
+            )
+        else:
+            log.warning("[FedDM round %d] no usable set: the global model is unchanged", rnd)
+        if acc is not None and rnd == s.rounds and cfg.num_models > 1 and s.rounds == 1:
+            more = fresh_model_accuracies(
+                [sets[k] for k in kept], info, test, cfg, s.seed, s.device
+            )
+            extra["accuracies"] = [acc, *more]
+            section.set(accuracies=[acc, *more])
+        elif acc is not None:
+            section.set(accuracies=[acc])
+        section.add_round(
+            rnd,
+            accuracy=acc,
+            bytes_up=up,
+            bytes_down=down,
+            clients=clients,
+            dropped=dropped,
+            kept=kept,
+            server_seconds=seconds,
+            extra=extra,
+        )
+        outcome.sets = {k: sets[k] for k in kept}
+    outcome.model = model
+    return outcome
+
+
+def _robust_filter():
+    try:
+        from fedistill.robust import filter_sets
+    except ImportError as exc:
+        raise ConfigError(
+            "strategy 'feddm-robust' needs fedistill.robust.filter_sets, which is not "
+            f"available ({exc})"
+        ) from None
+    return filter_sets
+
+
+# --------------------------------------------------------------------------- FedAvg
+
+
+class CheckedFedAvg(FedAvg):
+    """Flower's FedAvg; every reply is validated first (bad ones are dropped with a reason)
+    and per-client metrics and bytes go to the results."""
+
+    def __init__(self, section: Section, s: RunSettings, **kwargs: Any) -> None:
+        super().__init__(fraction_evaluate=0.0, **kwargs)
+        self.section, self.settings = section, s
+        self._sent: list[int] = []
+        self._reference: ArrayRecord | None = None
+        self._pending: dict[str, Any] = {}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._sent = [m.metadata.dst_node_id for m in messages]
+        self._reference = arrays
+        self._pending = {"down": arrays.count_bytes() * len(messages), "t0": time.perf_counter()}
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        t0 = time.perf_counter()
+        replies = list(replies)
+        got = {r.metadata.src_node_id: r for r in replies}
+        clients: dict[int, dict[str, Any]] = {}
+        dropped: list[dict[str, Any]] = []
+        contents: list[RecordDict] = []
+        up = 0
+        for node in self._sent:
+            msg = got.get(node)
+            if msg is None:
+                dropped.append(_drop(node, "no reply within the timeout"))
+                continue
+            if msg.has_error():
+                dropped.append(_drop(node, f"client error: {msg.error.reason}"))
+                continue
+            up += content_bytes(msg.content)
+            try:
+                valid = validate_update_reply(
+                    msg.content,
+                    self._reference,
+                    arrays_key=self.arrayrecord_key,
+                    max_bytes=self.settings.max_bytes,
+                )
+            except ReplyError as exc:
+                dropped.append(_drop(node, f"invalid reply: {exc}", msg))
+                continue
+            clients[node] = dict(valid.metrics, bytes=valid.payload_bytes)
+            # a clean record with the same keys for every client (Flower checks consistency)
+            contents.append(
+                RecordDict(
+                    {
+                        self.arrayrecord_key: valid.arrays,
+                        METRICS_KEY: MetricRecord(
+                            {self.weighted_by_key: float(valid.metrics["num_examples"])}
+                        ),
+                    }
+                )
+            )
+        arrays = metrics = None
+        if contents:
+            arrays = aggregate_arrayrecords(contents, self.weighted_by_key)
+            metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        self._pending.update(
+            clients=clients, dropped=dropped, up=up, server_seconds=time.perf_counter() - t0
+        )
+        log.info(
+            "[FedAvg round %d] %d updates averaged, %d dropped",
+            server_round,
+            len(contents),
+            len(dropped),
+        )
+        return arrays, metrics
+
+    def evaluate_fn(self, test: LabeledImages):
+        """Centralised evaluation after each round; records the round in the results."""
+
+        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            if server_round == 0:
+                return None
+            t0 = time.perf_counter()
+            model = record_to_model(arrays, self.settings, test.info)
+            acc = accuracy(model, test, self.settings.device)
+            p = self._pending
+            self.section.add_round(
+                server_round,
+                accuracy=acc,
+                bytes_up=p.get("up", 0),
+                bytes_down=p.get("down", 0),
+                clients=p.get("clients", {}),
+                dropped=p.get("dropped", []),
+                server_seconds=p.get("server_seconds", 0.0) + time.perf_counter() - t0,
+            )
+            self.section.set(accuracies=[acc])
+            log.info("[FedAvg round %d] test accuracy %.4f", server_round, acc)
+            return MetricRecord({"accuracy": acc})
+
+        return evaluate
+
+
+def run_fedavg(grid: Grid, s: RunSettings, test: LabeledImages, section: Section) -> nn.Module:
+    """FedAvg rounds with Flower's FedAvg on the connected nodes; a fresh model to start."""
+    import torch
+
+    nodes = wait_for_nodes(grid, s.min_nodes, s.node_wait)
+    torch.manual_seed(s.seed)
+    model = new_model(s, test.info)
+    strategy = CheckedFedAvg(
+        section,
+        s,
+        min_train_nodes=len(nodes),
+        min_available_nodes=len(nodes),
+        arrayrecord_key=ARRAYS_KEY,
+        configrecord_key=CONFIG_KEY,
+    )
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=model_to_record(model),
+        num_rounds=s.fedavg_rounds,
+        timeout=s.reply_timeout,
+        train_config=ConfigRecord({"strategy": "fedavg"}),
+        evaluate_fn=strategy.evaluate_fn(test),
+    )
+    final = result.arrays if result.arrays is not None and len(result.arrays) else None
+    return record_to_model(final, s, test.info) if final is not None else model

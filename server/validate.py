@@ -1,0 +1,187 @@
+"""Every reply is checked before the server uses it; a bad one is dropped with its reason.
+
+FedDM replies (a synthetic set) pass, in order:
+
+1. the records exist: ``"synthetic"`` holding exactly ``x`` and ``y``;
+2. declared facts before any byte is decoded: numpy serialisation, dtypes (``x`` float32,
+   ``y`` int64 or float32), shapes against the dataset (N×C×H×W, N or N×K labels, at most
+   ``max_ipc`` × classes images), and the byte cap on the payload;
+3. the decoded arrays (``np.load`` without pickle) match what was declared;
+4. ``SyntheticSet.from_arrays``: finite values, label range, soft-label rows;
+5. :func:`fedistill.federated.check_client_set`: dataset, image shape, images per class,
+   bytes.
+
+The server's own facts (dataset name, normalisation, classes) go into the set's metadata;
+the client's provenance is kept only for the record. FedAvg replies (a model update) are
+checked for names, shapes, dtypes, finiteness and the byte cap against the global model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+from clients.task import METRICS_KEY, PROVENANCE_KEY, SYNTHETIC_KEY
+from fedistill.data import DatasetInfo
+from fedistill.errors import FedistillError
+from fedistill.federated import check_client_set
+from fedistill.synthetic import SyntheticSet
+
+MAX_PROVENANCE_BYTES = 64 * 1024
+METRIC_KEYS = ("num-examples", "num-synthetic", "seconds", "bytes", "epsilon", "delta", "rho")
+
+
+class ReplyError(FedistillError, ValueError):
+    """A reply the server will not use; the message is the reason recorded."""
+
+
+@dataclass
+class ValidReply:
+    syn: SyntheticSet | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    arrays: ArrayRecord | None = None
+    payload_bytes: int = 0
+
+
+def _array(record: ArrayRecord, name: str) -> Array:
+    if name not in record:
+        raise ReplyError(f"array '{name}' is missing")
+    arr = record[name]
+    if not isinstance(arr, Array):
+        raise ReplyError(f"'{name}' is not an array")
+    if arr.stype != "numpy.ndarray":
+        raise ReplyError(f"array '{name}' has serialisation '{arr.stype}', expected numpy")
+    return arr
+
+
+def _decode(arr: Array, name: str) -> np.ndarray:
+    try:
+        value = arr.numpy()
+    except Exception as exc:  # np.load(allow_pickle=False) refused or failed
+        raise ReplyError(f"array '{name}' cannot be decoded ({type(exc).__name__})") from None
+    if str(value.dtype) != arr.dtype or tuple(value.shape) != tuple(arr.shape):
+        raise ReplyError(
+            f"array '{name}' declares {arr.dtype}{tuple(arr.shape)} but holds "
+            f"{value.dtype}{tuple(value.shape)}"
+        )
+    return value
+
+
+def reply_metrics(content: RecordDict) -> dict[str, Any]:
+    """The client's metrics: only known keys, only finite numbers."""
+    out: dict[str, Any] = {}
+    if METRICS_KEY in content and isinstance(content[METRICS_KEY], MetricRecord):
+        rec = content[METRICS_KEY]
+        for key in (*METRIC_KEYS, "partition-id"):
+            value = rec.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                out[key.replace("-", "_")] = value
+    return out
+
+
+def validate_synthetic_reply(
+    content: RecordDict,
+    info: DatasetInfo,
+    *,
+    max_ipc: int,
+    max_bytes: int,
+) -> ValidReply:
+    """The set in a FedDM reply, or ReplyError with the reason it is refused."""
+    if SYNTHETIC_KEY not in content.array_records:
+        raise ReplyError(f"no '{SYNTHETIC_KEY}' array record in the reply")
+    record = content.array_records[SYNTHETIC_KEY]
+    extra = sorted(set(record.keys()) - {"x", "y"})
+    if extra:
+        raise ReplyError(f"unexpected arrays {extra} in '{SYNTHETIC_KEY}'")
+    ax, ay = _array(record, "x"), _array(record, "y")
+    size = len(ax.data) + len(ay.data)
+    if size > max_bytes:
+        raise ReplyError(f"payload of {size} bytes is over the {max_bytes} byte cap")
+    if ax.dtype != "float32":
+        raise ReplyError(f"images must be float32, got {ax.dtype}")
+    if ay.dtype not in ("int64", "float32"):
+        raise ReplyError(f"labels must be int64 or float32, got {ay.dtype}")
+    xs, ys = tuple(ax.shape), tuple(ay.shape)
+    if len(xs) != 4 or xs[1:] != info.shape:
+        raise ReplyError(f"images have shape {xs}, expected N×{'×'.join(map(str, info.shape))}")
+    n, k = xs[0], info.num_classes
+    if not 1 <= n <= max_ipc * k:
+        raise ReplyError(f"{n} images; between 1 and {max_ipc * k} allowed")
+    want_y = (n,) if ay.dtype == "int64" else (n, k)
+    if ys != want_y:
+        raise ReplyError(f"labels have shape {ys}, expected {want_y}")
+    x, y = _decode(ax, "x"), _decode(ay, "y")
+    meta = _meta(content, info, y)
+    try:
+        syn = SyntheticSet.from_arrays(x, y, meta)
+        check_client_set(syn, info, max_ipc=max_ipc, max_bytes=max_bytes)
+    except FedistillError as exc:
+        raise ReplyError(str(exc)) from None
+    return ValidReply(syn, reply_metrics(content), payload_bytes=record.count_bytes())
+
+
+def _meta(content: RecordDict, info: DatasetInfo, y: np.ndarray) -> dict[str, Any]:
+    """The set's metadata: the server's facts about the dataset over the client's provenance."""
+    meta: dict[str, Any] = {}
+    if PROVENANCE_KEY in content.config_records:
+        raw = content.config_records[PROVENANCE_KEY].get("json")
+        if isinstance(raw, str) and len(raw) <= MAX_PROVENANCE_BYTES:
+            try:
+                parsed = json.loads(raw)
+            except json.JSONDecodeError:
+                parsed = None
+            if isinstance(parsed, dict):
+                meta = parsed
+    label_kind = meta.get("label_kind")
+    if y.dtype == np.int64:
+        label_kind = "hard"
+    elif label_kind not in ("soft", "targets"):
+        label_kind = "soft"
+    meta.setdefault("method", "unknown")
+    meta.setdefault("ipc", 0)
+    meta.setdefault("seed", 0)
+    meta.setdefault("iterations", 0)
+    meta.update(
+        dataset=info.name,
+        mean=list(info.mean),
+        std=list(info.std),
+        num_classes=info.num_classes,
+        label_kind=label_kind,
+    )
+    return meta
+
+
+def validate_update_reply(
+    content: RecordDict, reference: ArrayRecord, *, arrays_key: str, max_bytes: int
+) -> ValidReply:
+    """A FedAvg model update: same names, dtypes and shapes as the global model, finite,
+    under the byte cap, and a positive ``num-examples``."""
+    if arrays_key not in content.array_records or len(content.array_records) != 1:
+        raise ReplyError(f"expected exactly one array record '{arrays_key}'")
+    record = content.array_records[arrays_key]
+    if set(record.keys()) != set(reference.keys()):
+        raise ReplyError("model arrays do not match the global model's names")
+    size = record.count_bytes()
+    if size > max_bytes:
+        raise ReplyError(f"payload of {size} bytes is over the {max_bytes} byte cap")
+    for name, ref in reference.items():
+        arr = _array(record, name)
+        if arr.dtype != ref.dtype or tuple(arr.shape) != tuple(ref.shape):
+            raise ReplyError(
+                f"array '{name}' is {arr.dtype}{tuple(arr.shape)}, expected "
+                f"{ref.dtype}{tuple(ref.shape)}"
+            )
+        value = _decode(arr, name)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ReplyError(f"array '{name}' contains NaN or infinite values")
+    metrics = reply_metrics(content)
+    if METRICS_KEY not in content.metric_records or len(content.metric_records) != 1:
+        raise ReplyError(f"expected exactly one metric record '{METRICS_KEY}'")
+    if not metrics.get("num_examples", 0) > 0:
+        raise ReplyError("num-examples must be a positive number")
+    return ValidReply(None, metrics, arrays=record, payload_bytes=size)

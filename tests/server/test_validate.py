@@ -1,0 +1,198 @@
+"""Reply validation: every malformed synthetic set or model update is refused with a reason."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from clients.client_app import tamper
+from clients.task import RunSettings, model_to_record, set_to_record
+from fedistill.federated import client_distill
+from fedistill.models import build_model
+from server.validate import ReplyError, validate_synthetic_reply, validate_update_reply
+
+IPC = 3
+CAP = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def honest(digits_train):
+    return client_distill(digits_train, "random", IPC, seed=0)
+
+
+def reply(syn, **extra) -> RecordDict:
+    content = RecordDict(
+        {
+            "synthetic": set_to_record(syn),
+            "metrics": MetricRecord({"num-examples": 100, "seconds": 1.5, "partition-id": 2}),
+            "provenance": ConfigRecord({"json": json.dumps(syn.meta)}),
+        }
+    )
+    for key, value in extra.items():
+        content[key] = value
+    return content
+
+
+def check(content, info, max_ipc=IPC, max_bytes=CAP):
+    return validate_synthetic_reply(content, info, max_ipc=max_ipc, max_bytes=max_bytes)
+
+
+def test_accepts_a_good_set(honest, digits_train):
+    valid = check(reply(honest), digits_train.info)
+    assert torch.equal(valid.syn.images, honest.images)
+    assert torch.equal(valid.syn.labels, honest.labels)
+    assert valid.syn.meta["method"] == "random"
+    assert valid.metrics == {"num_examples": 100, "seconds": 1.5, "partition_id": 2}
+    assert valid.payload_bytes >= honest.nbytes()
+
+
+def test_server_facts_override_the_clients_metadata(honest, digits_train):
+    lying = dict(honest.meta, dataset="cifar10", mean=[9.0], num_classes=3)
+    content = reply(honest, provenance=ConfigRecord({"json": json.dumps(lying)}))
+    meta = check(content, digits_train.info).syn.meta
+    assert meta["dataset"] == "digits" and meta["num_classes"] == 10
+    assert meta["mean"] == list(digits_train.info.mean)
+    # no provenance at all is fine too
+    content = reply(honest)
+    del content["provenance"]
+    assert check(content, digits_train.info).syn.meta["method"] == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("nan", "NaN"),
+        ("shape", "shape"),
+        ("dtype", "float32"),
+        ("labels", "labels must lie in"),
+        ("perclass", "images"),
+        ("oversize", "byte cap"),
+        ("missing", "missing"),
+    ],
+)
+def test_rejects_tampered_replies(kind, reason, honest, digits_train):
+    s = RunSettings(max_upload_mb=0.05)
+    content = tamper(reply(honest), kind, s)
+    with pytest.raises(ReplyError, match=reason):
+        check(content, digits_train.info, max_bytes=s.max_bytes)
+
+
+def test_rejects_too_many_images_per_class_within_total(honest, digits_train):
+    # as many images as allowed in total, but all of one class
+    x = honest.images.numpy()[: IPC * 2]
+    y = np.zeros(len(x), dtype=np.int64)
+    content = reply(honest, synthetic=ArrayRecord({"x": Array(x), "y": Array(y)}))
+    with pytest.raises(ReplyError, match="per class"):
+        check(content, digits_train.info)
+
+
+def test_rejects_missing_record_and_extra_arrays(honest, digits_train):
+    content = reply(honest)
+    del content["synthetic"]
+    with pytest.raises(ReplyError, match="no 'synthetic'"):
+        check(content, digits_train.info)
+    arrays = honest.to_arrays()
+    extra = ArrayRecord({"x": Array(arrays["x"]), "y": Array(arrays["y"]), "z": Array(arrays["y"])})
+    with pytest.raises(ReplyError, match="unexpected arrays"):
+        check(reply(honest, synthetic=extra), digits_train.info)
+
+
+def test_rejects_label_dtype_and_soft_label_shape(honest, digits_train):
+    x = honest.images.numpy()
+    bad_dtype = ArrayRecord({"x": Array(x), "y": Array(honest.labels.numpy().astype(np.int32))})
+    with pytest.raises(ReplyError, match="labels must be int64 or float32"):
+        check(reply(honest, synthetic=bad_dtype), digits_train.info)
+    soft = np.full((len(x), 7), 1 / 7, dtype=np.float32)  # 7 columns, dataset has 10 classes
+    bad_soft = ArrayRecord({"x": Array(x), "y": Array(soft)})
+    with pytest.raises(ReplyError, match="labels have shape"):
+        check(reply(honest, synthetic=bad_soft), digits_train.info)
+
+
+def test_accepts_soft_labels(honest, digits_train):
+    x = honest.images.numpy()
+    soft = np.eye(10, dtype=np.float32)[honest.labels.numpy()] * 0.9 + 0.01
+    content = reply(honest, synthetic=ArrayRecord({"x": Array(x), "y": Array(soft)}))
+    syn = check(content, digits_train.info).syn
+    assert syn.meta["label_kind"] == "soft" and syn.labels.shape == (len(x), 10)
+
+
+def test_declared_shape_must_match_the_bytes(honest, digits_train):
+    x = honest.images.numpy()
+    arr = Array(x)
+    liar = Array(dtype="float32", shape=(len(x) - 1, 1, 8, 8), stype=arr.stype, data=arr.data)
+    y = Array(honest.labels.numpy()[:-1])
+    content = reply(honest, synthetic=ArrayRecord({"x": liar, "y": y}))
+    with pytest.raises(ReplyError, match="declares"):
+        check(content, digits_train.info)
+
+
+def test_pickled_payload_is_never_loaded(honest, digits_train):
+    buf = io.BytesIO()
+    np.save(buf, np.array([object()], dtype=object), allow_pickle=True)
+    evil = Array(
+        dtype="float32",
+        shape=tuple(honest.images.shape),
+        stype="numpy.ndarray",
+        data=buf.getvalue(),
+    )
+    content = reply(honest, synthetic=ArrayRecord({"x": evil, "y": Array(honest.labels.numpy())}))
+    with pytest.raises(ReplyError, match="cannot be decoded"):
+        check(content, digits_train.info)
+    raw = Array(
+        dtype="float32", shape=tuple(honest.images.shape), stype="pickle", data=pickle.dumps([1])
+    )
+    content = reply(honest, synthetic=ArrayRecord({"x": raw, "y": Array(honest.labels.numpy())}))
+    with pytest.raises(ReplyError, match="serialisation"):
+        check(content, digits_train.info)
+
+
+def test_wrong_dataset_shape(honest, digits_train):
+    x = np.zeros((len(honest), 1, 28, 28), dtype=np.float32)
+    content = reply(
+        honest, synthetic=ArrayRecord({"x": Array(x), "y": Array(honest.labels.numpy())})
+    )
+    with pytest.raises(ReplyError, match="images have shape"):
+        check(content, digits_train.info)
+
+
+# ------------------------------------------------------------------------- FedAvg updates
+
+
+@pytest.fixture(scope="module")
+def reference(digits_train):
+    return model_to_record(build_model("convnet", digits_train.info, width=8))
+
+
+def update(record, n=50):
+    return RecordDict({"arrays": record, "metrics": MetricRecord({"num-examples": n})})
+
+
+def test_update_accepted_and_checked(reference):
+    valid = validate_update_reply(update(reference), reference, arrays_key="arrays", max_bytes=CAP)
+    assert valid.metrics["num_examples"] == 50 and valid.payload_bytes == reference.count_bytes()
+
+    arrays = {k: v.numpy() for k, v in reference.items()}
+    name = next(iter(arrays))
+    nan = dict(arrays)
+    nan[name] = arrays[name].copy()
+    nan[name].reshape(-1)[0] = np.nan
+    cases = {
+        "NaN": ArrayRecord({k: Array(v) for k, v in nan.items()}),
+        "expected": ArrayRecord(
+            {k: Array(v.astype(np.float64) if k == name else v) for k, v in arrays.items()}
+        ),
+        "names": ArrayRecord({k: Array(v) for k, v in arrays.items() if k != name}),
+    }
+    for reason, record in cases.items():
+        with pytest.raises(ReplyError, match=reason):
+            validate_update_reply(update(record), reference, arrays_key="arrays", max_bytes=CAP)
+    with pytest.raises(ReplyError, match="byte cap"):
+        validate_update_reply(update(reference), reference, arrays_key="arrays", max_bytes=100)
+    with pytest.raises(ReplyError, match="num-examples"):
+        validate_update_reply(update(reference, n=0), reference, arrays_key="arrays", max_bytes=CAP)
