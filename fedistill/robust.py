@@ -5,24 +5,34 @@ labels. A malicious client can upload a set whose labels are flipped or permuted
 are noise or scaled, or a set crafted to pull the pooled model's decision. This filter scores
 every set before pooling and rejects the outliers, each with a reason.
 
-Two independent tests, both relative to the *median* client (robust while malicious clients
-are a minority):
+Two independent tests, both relative to the *typical* client (robust while malicious clients
+are a minority, even when they collude):
 
-1. **Leave-one-out cross-scoring.** For each client ``i`` a small model is trained (a few
-   epochs) on the pooled sets of all *other* clients and scores ``i``'s set by the fraction of
-   its images classified as the label ``i`` claims. Under non-IID label skew an honest client
-   holds only some classes, and the leave-one-out model is weaker on classes few others hold,
-   so the score is compared with what is *expected* for the classes the client claims: for
-   each class ``c`` the reference accuracy is the median, over the clients that claim ``c``, of
-   their accuracy on ``c``; the client's expected accuracy is that reference averaged over its
-   images. Classes that the other clients hold too few images of give no evidence and are
-   skipped. A client is rejected when its deficit (expected − observed) exceeds the median
-   deficit by more than ``max(min_gap, z · 1.4826 · MAD)``. Flipped labels score near 0.
+1. **Cross-scoring** (``cross_score="pairwise"``, the default). A small model is trained (a
+   few epochs) on each client's set alone; model ``j`` scores client ``i``'s set by the
+   fraction of ``i``'s images it classifies as the labels ``i`` claims, on the classes ``j``
+   holds too (under non-IID label skew two clients share only some classes; pairs sharing
+   fewer than ``min_pair_images`` images give no evidence). The agreement of a pair is the
+   smaller of its two directions, and a client's agreement is its ⌈e/2⌉-th best over the
+   ``e`` clients that can judge it: an honest client agrees with the other honest ones, who
+   are the majority, while ``m < n/2`` colluding clients with flipped labels agree only among
+   themselves. A client is rejected when its agreement is below ``agreement_ratio`` × the
+   median client's. Costs ``n`` small trainings.
+
+   ``cross_score="loo"`` is the leave-one-out variant: client ``i`` is scored by a model
+   trained on the pooled sets of all *other* clients, against what the median client reaches
+   on the same classes (per-class medians, so a client holding only hard classes is not
+   blamed); rejected when its deficit exceeds the median deficit by
+   ``max(min_gap, z_accuracy · 1.4826 · MAD)``. It needs ``n`` trainings on ``n − 1`` sets
+   and breaks down sooner: with 2 of 5 clients flipping labels the honest clients' models
+   see half their training labels flipped (measured on digits: neither flipper rejected,
+   while the pairwise test rejects both).
 2. **Feature statistics.** Per set: mean pixel, log pixel standard deviation, fraction of pixels
    outside the valid pixel range of the dataset, and roughness (mean neighbour difference over
    the standard deviation — noise is rough, digits are smooth). A set is rejected when a robust
    z-score ``(x − median) / max(1.4826 · MAD, floor)`` exceeds ``z_stats``; the floors keep
-   honest non-IID spread (a set of ones is darker than a set of eights) from counting.
+   honest non-IID spread (a set of ones is darker than a set of eights) from counting. This
+   catches scaled images, to which instance-normalised networks are almost blind.
 
 Labels are used as hard class ids (argmax for soft labels). With fewer than
 ``config.min_clients`` sets there is no majority to compare against and every set is kept.
@@ -47,24 +57,27 @@ log = logging.getLogger(__name__)
 
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution × this = its standard deviation
 STATS = ("mean", "log_std", "out_of_range", "roughness")
+CROSS_SCORES = ("pairwise", "loo", "none")
 
 
 @dataclass
 class FilterConfig:
     """Thresholds and the cheap scoring model of :func:`filter_sets`."""
 
-    # leave-one-out cross-scoring
-    cross_score: bool = True
+    # cross-scoring: "pairwise" (default), "loo" (leave-one-out) or "none"
+    cross_score: str = "pairwise"
     model: str = "convnet"
     model_kwargs: dict[str, Any] = field(
         default_factory=lambda: {"width": 32, "depth": 2, "norm": "instance"}
     )
-    epochs: int = 40
-    lr: float = 0.01
+    epochs: int = 60
+    lr: float = 0.1
     batch_size: int = 64
-    min_gap: float = 0.3  # a deficit below this (accuracy points) is never rejected
-    z_accuracy: float = 4.0
-    min_class_support: int = 2  # the other clients must hold ≥ this many images of a class
+    min_class_support: int = 2  # a scoring model must have seen ≥ this many images of a class
+    agreement_ratio: float = 0.5  # pairwise: reject below this × the median client's agreement
+    min_pair_images: int = 5  # pairwise: fewer shared-class images are no evidence
+    min_gap: float = 0.3  # loo: a deficit below this (accuracy points) is never rejected
+    z_accuracy: float = 4.0  # loo
     # feature statistics
     feature_stats: bool = True
     z_stats: float = 6.0
@@ -82,6 +95,10 @@ class FilterConfig:
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("filter epochs and batch_size must be ≥ 1")
+        if self.cross_score not in CROSS_SCORES:
+            raise ConfigError(
+                f"cross_score must be one of {', '.join(CROSS_SCORES)}, got '{self.cross_score}'"
+            )
         if self.min_clients < 3:
             raise ConfigError("the filter needs min_clients ≥ 3 to have a majority")
         if set(self.stat_floors) != set(STATS):
@@ -92,8 +109,11 @@ class FilterConfig:
 class ClientScore:
     """What the filter measured for one client."""
 
-    accuracy: float | None = None  # leave-one-out accuracy on the classes it could be scored on
-    expected: float | None = None  # the median clients' accuracy on the same classes
+    agreement: float | None = None  # pairwise: its ⌈e/2⌉-th best agreement with others
+    judges: int = 0  # pairwise: clients sharing enough classes to score it
+    agreeing: int = 0  # pairwise: judges with agreement ≥ the rejection threshold
+    accuracy: float | None = None  # loo: accuracy on the classes it could be scored on
+    expected: float | None = None  # loo: the median clients' accuracy on the same classes
     scored_images: int = 0
     stats: dict[str, float] = field(default_factory=dict)
     z: dict[str, float] = field(default_factory=dict)
@@ -118,6 +138,9 @@ class FilterReport:
             "rejected": {str(k): v for k, v in self.rejected.items()},
             "scores": {
                 str(k): {
+                    "agreement": s.agreement,
+                    "judges": s.judges,
+                    "agreeing": s.agreeing,
                     "accuracy": s.accuracy,
                     "expected": s.expected,
                     "deficit": s.deficit,
@@ -171,8 +194,10 @@ def score_sets(
         return FilterReport(ids, {}, scores)
     if cfg.feature_stats:
         _feature_test(sets, info, cfg, scores)
-    if cfg.cross_score:
-        _cross_score_test(sets, info, cfg, scores, seed=seed, device=torch.device(device))
+    if cfg.cross_score == "pairwise":
+        _pairwise_test(sets, info, cfg, scores, seed=seed, device=torch.device(device))
+    elif cfg.cross_score == "loo":
+        _loo_test(sets, info, cfg, scores, seed=seed, device=torch.device(device))
     rejected = {i: "; ".join(s.reasons) for i, s in scores.items() if s.reasons}
     kept = [i for i in ids if i not in rejected]
     for i, why in rejected.items():
@@ -243,14 +268,7 @@ def _feature_test(sets, info, cfg: FilterConfig, scores: dict[int, ClientScore])
 # --------------------------------------------------------------------------- cross-scoring
 
 
-def _cross_score_test(
-    sets, info, cfg: FilterConfig, scores: dict[int, ClientScore], *, seed: int, device
-) -> None:
-    ids = sorted(sets)
-    k = info.num_classes
-    labels = {i: sets[i].hard_labels() for i in ids}
-    counts = {i: torch.bincount(labels[i], minlength=k) for i in ids}
-    total = sum(counts.values())
+def _train_scorer(x, y, info, cfg: FilterConfig, seed: int, device) -> torch.nn.Module:
     train_cfg = EvalConfig(
         model=cfg.model,
         epochs=cfg.epochs,
@@ -259,6 +277,70 @@ def _cross_score_test(
         dsa=False,
         model_kwargs=dict(cfg.model_kwargs),
     )
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = build_model(cfg.model, info, **cfg.model_kwargs)
+    return train_classifier(model, x, y, train_cfg, device=device, generator=gen)
+
+
+def _pairwise_test(
+    sets, info, cfg: FilterConfig, scores: dict[int, ClientScore], *, seed: int, device
+) -> None:
+    ids = sorted(sets)
+    k = info.num_classes
+    labels = {i: sets[i].hard_labels() for i in ids}
+    known = {i: torch.bincount(labels[i], minlength=k) >= cfg.min_class_support for i in ids}
+    models = {
+        j: _train_scorer(sets[j].images, labels[j], info, cfg, seed * 7919 + n, device)
+        for n, j in enumerate(ids)
+    }
+    # acc[(i, j)]: model j's accuracy on client i's images of the classes j knows
+    acc: dict[tuple[int, int], float] = {}
+    for j in ids:
+        for i in ids:
+            if i == j:
+                continue
+            mask = known[j][labels[i]]
+            if int(mask.sum()) < cfg.min_pair_images:
+                continue
+            pred = predict(models[j], sets[i].images[mask], device).argmax(1)
+            acc[(i, j)] = float((pred == labels[i][mask]).double().mean())
+    pair: dict[int, list[float]] = {i: [] for i in ids}
+    for i in ids:
+        for j in ids:
+            both = [acc[key] for key in ((i, j), (j, i)) if key in acc]
+            if i != j and both:
+                pair[i].append(min(both))  # a pair agrees only if both directions do
+    for i in ids:
+        vals = sorted(pair[i], reverse=True)
+        scores[i].judges = len(vals)
+        if vals:
+            scores[i].agreement = vals[math.ceil(len(vals) / 2) - 1]
+    judged = [s.agreement for s in scores.values() if s.agreement is not None]
+    if len(judged) < cfg.min_clients:
+        log.warning("robust filter: too few clients share classes to cross-score; skipped")
+        return
+    typical = _median(judged)
+    threshold = cfg.agreement_ratio * typical
+    for i in ids:
+        s = scores[i]
+        s.agreeing = sum(1 for v in pair[i] if v >= threshold)
+        if s.agreement is not None and s.agreement < threshold:
+            s.reasons.append(
+                f"its labels disagree with the other clients' sets: agrees with {s.agreeing} of "
+                f"the {s.judges} clients that can judge it (median-rank agreement "
+                f"{s.agreement:.2f} < {cfg.agreement_ratio:g} × typical {typical:.2f})"
+            )
+
+
+def _loo_test(
+    sets, info, cfg: FilterConfig, scores: dict[int, ClientScore], *, seed: int, device
+) -> None:
+    ids = sorted(sets)
+    k = info.num_classes
+    labels = {i: sets[i].hard_labels() for i in ids}
+    counts = {i: torch.bincount(labels[i], minlength=k) for i in ids}
+    total = sum(counts.values())
     # correct[i][c] = (hits, n) of the leave-one-out model on client i's images claimed as c
     per_class: dict[int, dict[int, float]] = {}
     sizes: dict[int, dict[int, int]] = {}
@@ -266,10 +348,7 @@ def _cross_score_test(
         others = [j for j in ids if j != i]
         x = torch.cat([sets[j].images for j in others])
         y = torch.cat([labels[j] for j in others])
-        torch.manual_seed(seed * 7919 + n_i)
-        gen = torch.Generator().manual_seed(seed * 7919 + n_i)
-        model = build_model(cfg.model, info, **cfg.model_kwargs)
-        train_classifier(model, x, y, train_cfg, device=device, generator=gen)
+        model = _train_scorer(x, y, info, cfg, seed * 7919 + n_i, device)
         pred = predict(model, sets[i].images, device).argmax(1)
         support = total - counts[i]  # images of each class among the other clients
         per_class[i], sizes[i] = {}, {}

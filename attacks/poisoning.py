@@ -1,0 +1,432 @@
+"""Poisoning a FedDM federation, with and without the server's robust filter.
+
+``m`` of ``n`` clients are malicious. They attack either the data they distill
+(``data_tamper``) or the synthetic set they upload (``set_tamper``):
+
+* ``label_flip`` — the client's real labels become ``K − 1 − y`` before it distills honestly;
+* ``set_flip`` — the uploaded set's labels are shifted, ``y → (y + 1) mod K``;
+* ``noise`` — the uploaded images are replaced by standard normal noise (out of distribution);
+* ``scale`` — the uploaded images are multiplied by ``scale`` (default 10);
+* ``pull`` — a set crafted to pull the pooled model's decision: ``ipc`` real images of a
+  ``source`` class, all labelled ``target`` (within the server's per-class cap).
+
+Each attack is measured as the global model's accuracy drop from a clean federation on the same
+partitions, and for ``pull`` also as the source→target rate (source-class test images
+classified as the target). The defence is :func:`fedistill.robust.filter_sets` as the
+simulation's ``set_filter``; its false-rejection rate is the fraction of honest clients it
+rejected. Backdoors through a federation are in :func:`run_federated_backdoor`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from attacks.backdoor import (
+    DoorpingConfig,
+    attack_success_rate,
+    doorping,
+    poison,
+)
+from attacks.triggers import Trigger, white_trigger
+from fedistill.data import DatasetInfo, LabeledImages
+from fedistill.errors import ConfigError
+from fedistill.evaluate import EvalConfig, predict
+from fedistill.federated import DataTamper, SetTamper, client_partitions, simulate_feddm
+from fedistill.robust import FilterConfig, false_rejection_rate, filter_sets
+from fedistill.synthetic import SyntheticSet
+
+log = logging.getLogger(__name__)
+
+DATA_ATTACKS = ("label_flip",)
+SET_ATTACKS = ("set_flip", "noise", "scale", "pull")
+ATTACKS = DATA_ATTACKS + SET_ATTACKS
+
+
+# --------------------------------------------------------------------------- tampers
+
+
+def flip_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Classic label flipping: ``y → K − 1 − y`` (no class keeps its label when K is even)."""
+    return num_classes - 1 - labels
+
+
+def label_flip_tamper(malicious: list[int] | set[int]) -> DataTamper:
+    """A ``data_tamper`` flipping the real labels of the ``malicious`` clients."""
+    bad = set(malicious)
+
+    def tamper(cid: int, part: LabeledImages) -> LabeledImages:
+        if cid not in bad:
+            return part
+        return LabeledImages(part.images, flip_labels(part.labels, part.num_classes), part.info)
+
+    return tamper
+
+
+def malicious_set(
+    attack: str,
+    syn: SyntheticSet,
+    info: DatasetInfo,
+    *,
+    seed: int = 0,
+    scale: float = 10.0,
+    pull_images: torch.Tensor | None = None,
+    target: int = 0,
+) -> SyntheticSet:
+    """The set a malicious client uploads instead of ``syn``."""
+    meta = dict(syn.meta)
+    k = syn.num_classes
+    if attack == "set_flip":
+        if syn.labels.is_floating_point():
+            labels = syn.labels.roll(1, dims=1)
+        else:
+            labels = (syn.labels + 1) % k
+        return SyntheticSet(syn.images, labels, meta)
+    if attack == "noise":
+        gen = torch.Generator().manual_seed(seed)
+        return SyntheticSet(torch.randn(syn.images.shape, generator=gen), syn.labels, meta)
+    if attack == "scale":
+        return SyntheticSet(syn.images * scale, syn.labels, meta)
+    if attack == "pull":
+        if pull_images is None or len(pull_images) == 0:
+            raise ConfigError("the 'pull' attack needs images of the source class")
+        ipc = int(syn.meta.get("ipc", len(pull_images)))
+        images = pull_images[:ipc]
+        labels = torch.full((len(images),), target, dtype=torch.long)
+        meta.pop("label_kind", None)
+        return SyntheticSet(images.clone(), labels, meta)
+    raise ConfigError(f"unknown set attack '{attack}'; choose one of {', '.join(SET_ATTACKS)}")
+
+
+def set_tamper_for(
+    attack: str,
+    malicious: list[int] | set[int],
+    info: DatasetInfo,
+    *,
+    seed: int = 0,
+    scale: float = 10.0,
+    pull_pools: dict[int, torch.Tensor] | None = None,
+    target: int = 0,
+) -> SetTamper:
+    """A ``set_tamper`` replacing the ``malicious`` clients' uploads by :func:`malicious_set`."""
+    bad = set(malicious)
+
+    def tamper(cid: int, syn: SyntheticSet) -> SyntheticSet:
+        if cid not in bad:
+            return syn
+        pool = (pull_pools or {}).get(cid)
+        return malicious_set(
+            attack, syn, info, seed=seed + cid, scale=scale, pull_images=pool, target=target
+        )
+
+    return tamper
+
+
+def _pull_pools(
+    train: LabeledImages,
+    parts: list,
+    malicious: list[int],
+    source: int,
+    ipc: int,
+    seed: int,
+) -> dict[int, torch.Tensor]:
+    """Source-class real images for each malicious client: its own, topped up from ``train``
+    when it holds fewer than ``ipc`` (an attacker can find a few images of a public class)."""
+    gen = torch.Generator().manual_seed(seed)
+    everywhere = torch.nonzero(train.labels == source, as_tuple=True)[0]
+    pools = {}
+    for cid in malicious:
+        idx = torch.as_tensor(parts[cid], dtype=torch.long)
+        own = idx[train.labels[idx] == source]
+        if len(own) < ipc:
+            extra = everywhere[torch.randperm(len(everywhere), generator=gen)]
+            own = torch.cat([own, extra[~torch.isin(extra, own)][: ipc - len(own)]])
+        pools[cid] = train.images[own[:ipc]]
+    return pools
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+def _rate(model, test: LabeledImages, source: int, target: int, device) -> float:
+    mask = test.labels == source
+    if not mask.any():
+        return float("nan")
+    return float((predict(model, test.images[mask], device).argmax(1) == target).float().mean())
+
+
+def _filter(info: DatasetInfo, config: FilterConfig | None, seed: int, device):
+    return lambda sets: filter_sets(sets, info, seed=seed, device=device, config=config)
+
+
+def run_poisoning(
+    train: LabeledImages,
+    test: LabeledImages,
+    *,
+    attack: str,
+    m: int,
+    n: int,
+    defended: bool,
+    method: str = "dm",
+    ipc: int = 10,
+    method_config: Any | None = None,
+    partitioner: str = "dirichlet",
+    alpha: float = 0.5,
+    eval_cfg: EvalConfig | None = None,
+    filter_config: FilterConfig | None = None,
+    malicious: list[int] | None = None,
+    scale: float = 10.0,
+    source: int = 1,
+    target: int = 7,
+    clean_accuracy: float | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """``m`` of ``n`` clients run ``attack`` in one-shot FedDM; the global model's accuracy,
+    its drop from a clean federation (run here unless ``clean_accuracy`` is given) and, when
+    ``defended``, what the robust filter rejected and its false-rejection rate."""
+    if attack not in ATTACKS:
+        raise ConfigError(f"unknown attack '{attack}'; choose one of {', '.join(ATTACKS)}")
+    if not 0 <= m <= n:
+        raise ConfigError(f"need 0 ≤ m ≤ n, got m={m}, n={n}")
+    bad = sorted(malicious) if malicious is not None else list(range(m))
+    if len(bad) != m or any(not 0 <= b < n for b in bad):
+        raise ConfigError(f"malicious must list {m} distinct client ids in 0..{n - 1}")
+    cfg = eval_cfg or EvalConfig(num_models=1)
+    common = dict(
+        num_clients=n,
+        partitioner=partitioner,
+        alpha=alpha,
+        method=method,
+        ipc=ipc,
+        method_config=method_config,
+        eval_cfg=cfg,
+        seed=seed,
+        device=device,
+    )
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {
+        "attack": attack,
+        "m": m,
+        "n": n,
+        "malicious": bad,
+        "defended": defended,
+        "method": method,
+        "ipc": ipc,
+        "partitioner": partitioner,
+        "alpha": alpha,
+        "seed": seed,
+    }
+    if clean_accuracy is None:
+        clean = simulate_feddm(train, test, **common)
+        clean_accuracy = clean.accuracy
+        if attack == "pull":
+            out["clean_source_to_target"] = _rate(clean.model, test, source, target, device)
+    data_tamper = label_flip_tamper(bad) if attack == "label_flip" else None
+    set_tamper = None
+    if attack in SET_ATTACKS:
+        pools = None
+        if attack == "pull":
+            parts = client_partitions(train, n, partitioner, alpha, seed)
+            pools = _pull_pools(train, parts, bad, source, ipc, seed)
+            out.update(source=source, target=target)
+        set_tamper = set_tamper_for(
+            attack, bad, train.info, seed=seed, scale=scale, pull_pools=pools, target=target
+        )
+    result = simulate_feddm(
+        train,
+        test,
+        data_tamper=data_tamper,
+        set_tamper=set_tamper,
+        set_filter=_filter(train.info, filter_config, seed, device) if defended else None,
+        **common,
+    )
+    honest = [c for c in range(n) if c not in bad]
+    out.update(
+        accuracy=result.accuracy,
+        clean_accuracy=clean_accuracy,
+        accuracy_drop=clean_accuracy - result.accuracy,
+        kept=result.kept,
+        rejected={str(k): v for k, v in result.rejected.items()},
+        false_rejection_rate=false_rejection_rate(result.rejected, honest),
+        detection_rate=(
+            sum(1 for b in bad if b in result.rejected) / len(bad) if bad else float("nan")
+        ),
+        seconds=time.perf_counter() - t0,
+        eval=asdict(cfg),
+    )
+    if attack == "pull":
+        out["source_to_target"] = _rate(result.model, test, source, target, device)
+    log.info(
+        "poisoning %s m=%d/%d defended=%s: accuracy %.4f (clean %.4f)",
+        attack,
+        m,
+        n,
+        defended,
+        result.accuracy,
+        clean_accuracy,
+    )
+    return out
+
+
+def run_poisoning_table(
+    train: LabeledImages,
+    test: LabeledImages,
+    *,
+    attacks: tuple[str, ...] = ATTACKS,
+    m: int = 1,
+    n: int = 5,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Every attack with and without the defence, against one clean federation; plus the
+    defence on the clean federation (its false-rejection rate when nobody attacks)."""
+    cfg_keys = {"method", "ipc", "method_config", "partitioner", "alpha", "eval_cfg", "seed"}
+    common = {k: v for k, v in kwargs.items() if k in cfg_keys}
+    device = kwargs.get("device", "cpu")
+    clean = simulate_feddm(train, test, num_clients=n, device=device, **common)
+    clean_defended = simulate_feddm(
+        train,
+        test,
+        num_clients=n,
+        device=device,
+        set_filter=_filter(train.info, kwargs.get("filter_config"), common.get("seed", 0), device),
+        **common,
+    )
+    rows = []
+    for attack in attacks:
+        for defended in (False, True):
+            rows.append(
+                run_poisoning(
+                    train,
+                    test,
+                    attack=attack,
+                    m=m,
+                    n=n,
+                    defended=defended,
+                    clean_accuracy=clean.accuracy,
+                    **kwargs,
+                )
+            )
+    return {
+        "clean_accuracy": clean.accuracy,
+        "clean_defended_accuracy": clean_defended.accuracy,
+        "clean_false_rejection_rate": false_rejection_rate(clean_defended.rejected, list(range(n))),
+        "clean_rejected": {str(k): v for k, v in clean_defended.rejected.items()},
+        "rows": rows,
+    }
+
+
+def run_federated_backdoor(
+    train: LabeledImages,
+    test: LabeledImages,
+    *,
+    kind: str = "naive",
+    m: int = 1,
+    n: int = 5,
+    p: float = 1.0,
+    target: int = 0,
+    method: str = "dm",
+    ipc: int = 10,
+    method_config: Any | None = None,
+    partitioner: str = "dirichlet",
+    alpha: float = 0.5,
+    eval_cfg: EvalConfig | None = None,
+    doorping_config: DoorpingConfig | None = None,
+    trigger: Trigger | None = None,
+    defended: bool = False,
+    filter_config: FilterConfig | None = None,
+    baseline: bool = True,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """A backdoor planted by the first ``m`` of ``n`` clients of one-shot FedDM.
+
+    NAIVE: each malicious client stamps a white patch onto ``p`` of its images and relabels
+    them before distilling with ``method``. DOORPING: each malicious client uploads a
+    :func:`~attacks.backdoor.doorping` set of its data instead (the clients collude: each starts
+    from the trigger the previous one optimised). Reports the global model's ASR and clean
+    accuracy, and (``baseline``) the ASR of a clean federation's model with the same trigger.
+    """
+    if kind not in ("naive", "doorping"):
+        raise ConfigError(f"unknown backdoor kind '{kind}'; choose naive or doorping")
+    cfg = eval_cfg or EvalConfig(num_models=1)
+    bad = list(range(m))
+    common = dict(
+        num_clients=n,
+        partitioner=partitioner,
+        alpha=alpha,
+        method=method,
+        ipc=ipc,
+        method_config=method_config,
+        eval_cfg=cfg,
+        seed=seed,
+        device=device,
+    )
+    t0 = time.perf_counter()
+    state: dict[str, Any] = {"trigger": trigger, "changes": []}
+    data_tamper = set_tamper = None
+    if kind == "naive":
+        state["trigger"] = trigger or white_trigger(train.info)
+
+        def data_tamper(cid: int, part: LabeledImages) -> LabeledImages:
+            if cid not in bad:
+                return part
+            return poison(part, state["trigger"], p, target, seed=seed + cid)[0]
+
+    else:
+        parts = client_partitions(train, n, partitioner, alpha, seed)
+        dcfg = doorping_config or DoorpingConfig()
+
+        def set_tamper(cid: int, syn: SyntheticSet) -> SyntheticSet:
+            if cid not in bad:
+                return syn
+            res = doorping(
+                train.subset(parts[cid]),
+                ipc,
+                p=p,
+                target=target,
+                config=dcfg,
+                trigger=state["trigger"],
+                seed=seed + cid,
+                device=device,
+            )
+            state["trigger"] = res.trigger
+            state["changes"].append(res.trigger_change)
+            return res.syn
+
+    set_filter = _filter(train.info, filter_config, seed, device) if defended else None
+    result = simulate_feddm(
+        train,
+        test,
+        data_tamper=data_tamper,
+        set_tamper=set_tamper,
+        set_filter=set_filter,
+        **common,
+    )
+    trig: Trigger = state["trigger"]
+    out: dict[str, Any] = {
+        "kind": kind,
+        "m": m,
+        "n": n,
+        "p": p,
+        "target": target,
+        "method": method if kind == "naive" else "doorping-dm",
+        "ipc": ipc,
+        "defended": defended,
+        "accuracy": result.accuracy,
+        "asr": attack_success_rate(result.model, test, trig, target, device),
+        "kept": result.kept,
+        "rejected": {str(k): v for k, v in result.rejected.items()},
+        "trigger": trig.to_dict(),
+        "trigger_changes": state["changes"],
+    }
+    if baseline:
+        clean = simulate_feddm(train, test, **common)
+        out["clean_accuracy"] = clean.accuracy
+        out["baseline_asr"] = attack_success_rate(clean.model, test, trig, target, device)
+    out["seconds"] = time.perf_counter() - t0
+    return out
