@@ -76,7 +76,7 @@ def test_fedavg_reply_trains_the_model(digits_train):
     assert set(reply.content.array_records) == {"arrays"}
     assert set(reply.content.metric_records) == {"metrics"}
     valid = validate_update_reply(reply.content, record, arrays_key="arrays", max_bytes=1 << 24)
-    moved = [not np.array_equal(valid.arrays[k].numpy(), record[k].numpy()) for k in record.keys()]
+    moved = [not np.array_equal(valid.arrays[k].numpy(), record[k].numpy()) for k in record]
     assert any(moved)
     assert valid.metrics["num_examples"] > 0
 
