@@ -54,7 +54,10 @@ def main(grid: Grid, context: Context) -> None:
         results.main.finish()
         if s.run_baseline:
             section = results.baseline("fedavg")
-            run_fedavg(grid, s, test, section)
+            silent = {
+                int(d["node_id"]) for d in results.data["dropped"] if "no reply" in d["reason"]
+            }
+            run_fedavg(grid, s, test, section, exclude=silent)
             section.finish()
     except Exception as exc:
         results.finish("failed", f"{type(exc).__name__}: {exc}")

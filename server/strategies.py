@@ -221,9 +221,12 @@ class CheckedFedAvg(FedAvg):
     """Flower's FedAvg; every reply is validated first (bad ones are dropped with a reason)
     and per-client metrics and bytes go to the results."""
 
-    def __init__(self, section: Section, s: RunSettings, **kwargs: Any) -> None:
+    def __init__(
+        self, section: Section, s: RunSettings, nodes: list[int] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(fraction_evaluate=0.0, **kwargs)
         self.section, self.settings = section, s
+        self.nodes = set(nodes) if nodes is not None else None
         self._sent: list[int] = []
         self._reference: ArrayRecord | None = None
         self._pending: dict[str, Any] = {}
@@ -232,6 +235,8 @@ class CheckedFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.nodes is not None:  # e.g. the baseline skips nodes that went silent before
+            messages = [m for m in messages if m.metadata.dst_node_id in self.nodes]
         self._sent = [m.metadata.dst_node_id for m in messages]
         self._reference = arrays
         self._pending = {"down": arrays.count_bytes() * len(messages), "t0": time.perf_counter()}
@@ -319,16 +324,31 @@ class CheckedFedAvg(FedAvg):
         return evaluate
 
 
-def run_fedavg(grid: Grid, s: RunSettings, test: LabeledImages, section: Section) -> nn.Module:
-    """FedAvg rounds with Flower's FedAvg on the connected nodes; a fresh model to start."""
+def run_fedavg(
+    grid: Grid,
+    s: RunSettings,
+    test: LabeledImages,
+    section: Section,
+    *,
+    exclude: set[int] | frozenset[int] = frozenset(),
+) -> nn.Module:
+    """FedAvg rounds with Flower's FedAvg on the connected nodes (less ``exclude``, e.g. nodes
+    that never replied to the main strategy); a fresh model to start."""
     import torch
 
-    nodes = wait_for_nodes(grid, s.min_nodes, s.node_wait)
+    nodes = [n for n in wait_for_nodes(grid, s.min_nodes, s.node_wait) if n not in exclude]
+    if not nodes:
+        raise ConfigError("no node left to run FedAvg on")
+    if exclude:
+        log.info(
+            "FedAvg skips %d node(s) that did not reply before: %s", len(exclude), sorted(exclude)
+        )
     torch.manual_seed(s.seed)
     model = new_model(s, test.info)
     strategy = CheckedFedAvg(
         section,
         s,
+        nodes=nodes,
         min_train_nodes=len(nodes),
         min_available_nodes=len(nodes),
         arrayrecord_key=ARRAYS_KEY,

@@ -270,3 +270,29 @@ def _has_method(name: str) -> bool:
     from fedistill.distill import methods
 
     return name in methods()
+
+
+def test_server_main_runs_feddm_then_the_baseline(tmp_path):
+    """The ServerApp's main: FedDM, then FedAvg on the nodes that replied; results, plots."""
+    from server.server_app import main
+
+    cfg = get_fused_config_from_dir(
+        PROJECT_ROOT,
+        {
+            **TINY,
+            "baseline": "fedavg",
+            "fedavg-rounds": 1,
+            "results-dir": str(tmp_path),
+            "run-name": "main",
+        },
+    )
+    grid = LocalGrid(cfg, 3, silent=[2])
+    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
+    data = json.loads((tmp_path / "main" / "results.json").read_text())
+    assert data["status"] == "completed" and data["strategy"] == "feddm"
+    assert [d["node_id"] for d in data["dropped"]] == [1002]
+    base = data["baseline"]
+    assert base["strategy"] == "fedavg" and base["dropped"] == []
+    assert sorted(base["clients"]) == ["1000", "1001"]  # the silent node is not asked again
+    assert base["accuracy"] > CHANCE and data["accuracy"] > CHANCE
+    assert (tmp_path / "main" / "accuracy_vs_bytes.png").is_file()
