@@ -1,0 +1,212 @@
+"""Target pipelines: from a training subset of real data to the model an attacker queries.
+
+A membership attack on distillation must attack the *whole* pipeline (Carlini, Feldman & Nasr,
+"No Free Lunch in 'Privacy for Free'", 2022): the private data are distilled, a model is trained
+on the synthetic set, and the attacker sees that model. A :class:`PipelineConfig` names one such
+pipeline:
+
+* ``method="real"`` — the reference: train the network directly on the real subset;
+* any registry method (``random``, ``dm``, ``dc``, ``dsa``, ``kip``, ``psg``, …) — distill the
+  subset with ``fedistill.distill.distill(method, subset, ipc, seed=…, **method_options)``
+  (e.g. ``{"init": "noise"}`` vs ``{"init": "real"}`` for DM/DC), then train a fresh network on
+  the synthetic set with the evaluation protocol's trainer.
+
+:func:`build_target` runs a pipeline on the members drawn from a candidate pool and records
+which candidates were members and the training budget, so attack results can state both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedistill.augment import DSA, default_strategy
+from fedistill.data import LabeledImages
+from fedistill.distill import distill, get_method
+from fedistill.errors import ConfigError
+from fedistill.evaluate import EvalConfig, train_classifier
+from fedistill.models import build_model
+from fedistill.synthetic import SyntheticSet
+
+log = logging.getLogger(__name__)
+
+REAL = "real"
+
+
+@dataclass
+class PipelineConfig:
+    """One target pipeline: how the private subset becomes a model.
+
+    ``method``/``ipc``/``method_options`` describe the distillation (ignored for ``real``); the
+    remaining fields are the protocol that trains the final model (``dsa``: train-time DSA
+    augmentation, as in the distillation literature's evaluation).
+    """
+
+    method: str = REAL
+    ipc: int = 10
+    method_options: dict[str, Any] = field(default_factory=dict)
+    model: str = "convnet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 300
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    dsa: bool = True
+    dsa_strategy: str | None = None
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("pipeline epochs and batch_size must be ≥ 1")
+        if self.method != REAL:
+            if not isinstance(self.ipc, int) or self.ipc < 1:
+                raise ConfigError(f"ipc must be a positive integer, got {self.ipc!r}")
+            get_method(self.method).make_config(**self.method_options)  # unknown keys fail here
+        elif self.method_options:
+            raise ConfigError("the 'real' pipeline takes no method options")
+
+    def eval_config(self) -> EvalConfig:
+        return EvalConfig(
+            model=self.model,
+            epochs=self.epochs,
+            num_models=1,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            dsa=self.dsa,
+            dsa_strategy=self.dsa_strategy,
+            model_kwargs=dict(self.model_kwargs),
+        )
+
+    @property
+    def label(self) -> str:
+        """A short name for tables and plot legends, e.g. ``dm-ipc10-init=noise``."""
+        if self.method == REAL:
+            return REAL
+        opts = "".join(f"-{k}={v}" for k, v in sorted(self.method_options.items()))
+        return f"{self.method}-ipc{self.ipc}{opts}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"label": self.label}
+
+
+@dataclass
+class TargetModel:
+    """A trained pipeline and the facts an attack report needs about it."""
+
+    model: nn.Module
+    config: PipelineConfig
+    seed: int
+    members: np.ndarray  # indices into the candidate pool that the pipeline trained on
+    nonmembers: np.ndarray  # the other candidates
+    budget: dict[str, Any]
+    synthetic: SyntheticSet | None = None
+
+    @property
+    def privacy(self) -> dict[str, Any] | None:
+        return None if self.synthetic is None else self.synthetic.privacy
+
+    @property
+    def member_mask(self) -> np.ndarray:
+        mask = np.zeros(len(self.members) + len(self.nonmembers), bool)
+        mask[self.members] = True
+        return mask
+
+
+def train_pipeline(
+    cfg: PipelineConfig,
+    data: LabeledImages,
+    *,
+    seed: int,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> tuple[nn.Module, SyntheticSet | None, dict[str, Any]]:
+    """Run the pipeline on ``data``: (model, synthetic set or None, training budget)."""
+    cfg.validate()
+    syn = None
+    if cfg.method == REAL:
+        images, labels, label_kind = data.images, data.labels, "hard"
+        iterations = 0
+    else:
+        syn = distill(
+            cfg.method,
+            data,
+            cfg.ipc,
+            seed=seed,
+            device=device,
+            progress=progress,
+            **cfg.method_options,
+        )
+        images, labels = syn.images, syn.labels
+        label_kind = syn.meta.get("label_kind", "hard")
+        iterations = int(syn.meta.get("iterations", 0))
+    ecfg = cfg.eval_config()
+    augment = DSA(cfg.dsa_strategy or default_strategy(data.info)) if cfg.dsa else None
+    train_seed = 7919 * seed + 1  # not the distillation seed: fresh init for the final model
+    torch.manual_seed(train_seed)
+    gen = torch.Generator().manual_seed(train_seed)
+    model = build_model(cfg.model, data.info, **cfg.model_kwargs)
+    train_classifier(
+        model,
+        images,
+        labels,
+        ecfg,
+        label_kind=label_kind,
+        augment=augment,
+        device=device,
+        generator=gen,
+    )
+    n = len(images)
+    budget = {
+        "method": cfg.method,
+        "ipc": None if cfg.method == REAL else cfg.ipc,
+        "source_examples": len(data),
+        "distill_iterations": iterations,
+        "train_examples": n,
+        "train_epochs": ecfg.epochs,
+        "train_steps": ecfg.epochs * math.ceil(n / ecfg.batch_size),
+        "model": cfg.model,
+    }
+    if syn is not None and syn.privacy:
+        budget["privacy"] = syn.privacy
+    return model, syn, budget
+
+
+def build_target(
+    cfg: PipelineConfig,
+    pool: LabeledImages,
+    members: np.ndarray,
+    *,
+    seed: int,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> TargetModel:
+    """Train the pipeline on ``pool[members]`` and record the member/non-member split."""
+    members = np.sort(np.asarray(members, dtype=np.int64))
+    if len(members) == 0 or len(np.unique(members)) != len(members):
+        raise ConfigError("members must be distinct, non-empty pool indices")
+    nonmembers = np.setdiff1d(np.arange(len(pool)), members)
+    model, syn, budget = train_pipeline(
+        cfg, pool.subset(members), seed=seed, device=device, progress=progress
+    )
+    log.info(
+        "target %s seed %d: %d members, %d non-members",
+        cfg.label,
+        seed,
+        len(members),
+        len(nonmembers),
+    )
+    return TargetModel(model, cfg, seed, members, nonmembers, budget, syn)
+
+
+def random_half(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random half (⌊n/2⌋) of ``range(n)``, sorted."""
+    return np.sort(rng.permutation(n)[: n // 2])
