@@ -10,9 +10,10 @@
 #   NUM_NODES=5 WORK=/tmp/mydeploy experiments/deploy_local.sh
 #
 # Every argument is passed on to `flwr run` (e.g. -c/--run-config overrides).
-# Environment: NUM_NODES (3), WORK (a new /tmp/fedistill-deploy.* folder: logs, FLWR_HOME,
-# the staged app, results), TLS (0), FLWR_BIN (folder holding flower-superlink etc.;
-# default: the folder of `flower-superlink` on PATH, else ../venvs/dev/bin).
+# Environment: NUM_NODES (3); WORK (default a new /tmp/fedistill-deploy.* folder holding logs,
+# FLWR_HOME, the staged app and results/: the SuperLink, hence the ServerApp, runs in WORK);
+# TLS (0); FLWR_BIN (folder of flower-superlink etc.; default: found on PATH, else
+# ../venvs/dev/bin).
 #
 # What it does, step by step (each step is printed):
 #   1. picks free ports (bind to port 0) for the SuperLink and each SuperNode's runtime API;
@@ -24,8 +25,9 @@
 #   5. stages a copy of the app (pyproject.toml + packages) without [tool.flwr.federations],
 #      because `flwr run` migrates that table and comments it out of the pyproject it reads;
 #   6. `flwr run <staged app> local-deployment --stream`, then `flwr ls` for the final status.
-# On exit, error or Ctrl-C every started process is stopped by PID (SIGTERM to its process
-# group, SIGKILL after 10 s). Processes started: their PIDs are printed as they start.
+# On exit, error or Ctrl-C every started process and every descendant it started is stopped
+# by PID (SIGTERM to its process group and to each descendant, SIGKILL after 10 s); PIDs are
+# printed as processes start.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,18 +54,31 @@ export FLWR_TELEMETRY_ENABLED=0
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
 PIDS=()
+descendants() {  # pid: every live descendant (Flower detaches flower-superexec into its own session)
+    local child
+    for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        echo "$child"
+        descendants "$child"
+    done
+}
 cleanup() {
     trap - EXIT INT TERM
     [[ ${#PIDS[@]} -eq 0 ]] && return
-    echo "== stopping ${#PIDS[@]} processes: ${PIDS[*]}"
+    local all=("${PIDS[@]}") pid
+    for pid in "${PIDS[@]}"; do all+=($(descendants "$pid")); done
+    echo "== stopping ${#PIDS[@]} processes and $((${#all[@]} - ${#PIDS[@]})) they started: ${all[*]}"
     for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+    for pid in "${all[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for _ in $(seq 1 50); do
         alive=0
-        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        for pid in "${all[@]}"; do
+            [[ "$(ps -o stat= -p "$pid" 2>/dev/null)" =~ ^[^Z] ]] && alive=1
+        done
         [[ $alive -eq 0 ]] && break
         sleep 0.2
     done
     for pid in "${PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+    for pid in "${all[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     echo "== stopped; logs in $WORK/logs"
 }
@@ -131,7 +146,7 @@ else
 fi
 
 echo "== 1-2. SuperLink on 127.0.0.1:$LINK_PORT"
-start superlink "$WORK/superlink" "$FLWR_BIN/flower-superlink" "${LINK_SEC[@]}" \
+start superlink "$WORK" "$FLWR_BIN/flower-superlink" "${LINK_SEC[@]}" \
     --host 127.0.0.1 --port "$LINK_PORT" --disable-runtime-dependency-installation
 wait_port "$LINK_PORT" "${PIDS[-1]}" superlink
 
@@ -182,6 +197,6 @@ cd "$WORK"
 START=$(date +%s)
 "$FLWR_BIN/flwr" run "$WORK/app" local-deployment --stream "$@"
 echo "== run ended after $(($(date +%s) - START)) s; status:"
-"$FLWR_BIN/flwr" ls local-deployment --limit 1
-echo "== results written by the ServerApp (relative paths resolve under $WORK/superlink):"
-find "$WORK/superlink" -name 'results.json' -newer "$FLWR_HOME/config.toml" -print 2>/dev/null || true
+COLUMNS=160 "$FLWR_BIN/flwr" ls local-deployment --limit 1
+echo "== results written by the ServerApp (its relative results-dir resolves under $WORK):"
+find "$WORK" -name 'results.json' -newer "$FLWR_HOME/config.toml" -not -path "$WORK/app/*" -print 2>/dev/null || true
