@@ -61,6 +61,7 @@ class PipelineConfig:
     batch_size: int = 256
     dsa: bool = True
     dsa_strategy: str | None = None
+    name: str | None = None  # label for tables and plots (default: built from the fields)
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -89,6 +90,8 @@ class PipelineConfig:
     @property
     def label(self) -> str:
         """A short name for tables and plot legends, e.g. ``dm-ipc10-init=noise``."""
+        if self.name:
+            return self.name
         if self.method == REAL:
             return REAL
         opts = "".join(f"-{k}={v}" for k, v in sorted(self.method_options.items()))

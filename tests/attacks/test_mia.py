@@ -82,6 +82,7 @@ def test_build_target_records_pools_and_budget(digits_train):
     assert t.budget["train_examples"] == 20 and t.budget["source_examples"] == 30
     assert t.budget["train_steps"] == 3 and t.budget["method"] == "random"
     assert cfg.label == "random-ipc2"
+    assert PipelineConfig(method="random", name="baseline").label == "baseline"
     _, syn, budget = train_pipeline(PipelineConfig(model="mlp", epochs=2, dsa=False), pool, seed=1)
     assert syn is None and budget["train_examples"] == 60 and budget["ipc"] is None
 
