@@ -59,8 +59,8 @@ class RunSettings:
     strategy: str = "feddm"
     baseline: str = "fedavg"  # run after the main strategy, on the same nodes; "" for none
     fedavg_rounds: int = 10
-    local_epochs: int = 1
-    fedavg_lr: float = 0.01
+    local_epochs: int = 3
+    fedavg_lr: float = 0.05
     batch_size: int = 32
     seed: int = 0
     eval_epochs: int = 300

@@ -117,3 +117,4 @@ def test_every_pyproject_key_is_a_setting():
     cfg = get_fused_config_from_dir(PROJECT_ROOT, {})
     s = RunSettings.from_run_config(cfg)
     assert set(s.to_dict()) == set(cfg)
+    assert s == RunSettings()  # the dataclass defaults are the app's defaults
