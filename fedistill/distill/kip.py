@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 LABEL_ENCODINGS = ("centered", "onehot")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MASK_SEED_OFFSET = 1_000_003
 _KERNEL_KEYS = ("kernel", "depth", "w_var", "b_var", "reg", "label_encoding")
 
 
@@ -66,7 +67,7 @@ class KIPConfig:
     reg: float = 1e-6  # KRR ridge, times tr(K_ss)/n
     learn_labels: bool = False
     rho: float = 0.0  # KIP-ρ: fraction of every image's pixels kept as fixed noise
-    mask_seed: int | None = None  # seed of the ρ mask and its noise (None: the run's seed)
+    mask_seed: int | None = None  # seed of the ρ mask and its noise (None: seed + 1000003)
     init: str = "real"
     label_encoding: str = "centered"  # "centered": one_hot − 1/K (KIP); "onehot"
     dtype: str = "float64"  # precision of the kernel computations
@@ -154,7 +155,8 @@ def distill_kip(
     # init: real images (or noise) per present class, labels sorted by class
     images, labels = init_images(real, ipc, config.init, gen)
     mask = None
-    mask_seed = seed if config.mask_seed is None else config.mask_seed
+    # its own stream: the mask must not replay the draws that picked the initial images
+    mask_seed = seed + MASK_SEED_OFFSET if config.mask_seed is None else config.mask_seed
     if config.rho > 0:  # KIP-ρ: a fixed fraction of every image is noise, forever
         mask, noise = rho_corruption(tuple(images.shape), config.rho, mask_seed)
         images = torch.where(mask, noise, images)
