@@ -121,6 +121,24 @@ def simulate(
     return fused
 
 
+def preflight(root: Path, overrides: dict[str, Any]) -> None:
+    """Fail in one line, before Flower and Ray start, on a config the app would refuse:
+    settings, the method and its options, the dataset's presence."""
+    from flwr.common.config import get_fused_config_from_dir
+
+    from clients.task import RunSettings, load_split
+
+    try:
+        fused = get_fused_config_from_dir(root, overrides)
+    except ValueError as exc:
+        raise RunError(f"--run-config: {exc}") from None
+    settings = RunSettings.from_run_config(fused)
+    if settings.strategy != "fedavg":
+        settings.method_overrides()
+    settings.eval_config()
+    load_split(settings.dataset, settings.data_root, False)
+
+
 def results_path(config: dict[str, Any], started: float) -> Path | None:
     """The results.json of this run: the named run's, or the newest written since start."""
     root = Path(str(config.get("results-dir", "results"))).expanduser()
@@ -155,6 +173,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     data_root = str(overrides.get("data-root", known.get("data-root", "")))
     if data_root and not Path(data_root).is_absolute():
         overrides["data-root"] = str((Path.cwd() / data_root).resolve())
+
+    preflight(root, overrides)
 
     import logging
 

@@ -25,6 +25,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from clients.task import RunSettings, load_split
+from fedistill.errors import FedistillError
 from server.results import RunResults, format_table, write_plots
 from server.strategies import run_fedavg, run_feddm
 
@@ -61,7 +62,10 @@ def main(grid: Grid, context: Context) -> None:
             section.finish()
     except Exception as exc:
         results.finish("failed", f"{type(exc).__name__}: {exc}")
-        log.error("run failed: %s\n%s", exc, traceback.format_exc())
+        if isinstance(exc, FedistillError):  # a bad setting: its message says it all
+            log.error("run failed: %s", exc)
+        else:
+            log.error("run failed: %s\n%s", exc, traceback.format_exc())
         raise
     results.finish("completed")
     try:

@@ -218,6 +218,8 @@ def fedistill(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         (["--strategy", "fedsgd"], "invalid choice"),
         (["-c", "no-such-key=1"], "unknown key"),
         (["-c", "ipc=[1"], "--run-config"),
+        (["-c", "method='random' method-options='lr_img=2'"], "takes no option"),
+        (["-c", "dataset='mnist' data-root='/nonexistent'"], "not found"),
     ],
 )
 def test_run_rejects_bad_flags_in_one_line(args, message):
