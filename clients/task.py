@@ -54,6 +54,7 @@ class RunSettings:
     method: str = "dm"
     ipc: int = 10
     iterations: int = 200
+    batch_real: int = 64  # 0: the method's default
     method_options: str = ""  # "key=value,key=value" (values parsed as JSON where they can be)
     rounds: int = 1
     strategy: str = "feddm"
@@ -132,8 +133,8 @@ class RunSettings:
         return cfg
 
     def method_overrides(self) -> dict[str, Any]:
-        """The method's config overrides: ``method-options`` plus ``iterations`` where the
-        method has that field."""
+        """The method's config overrides: ``method-options``, plus ``iterations`` and
+        ``batch-real`` for methods that have those fields."""
         from fedistill.distill import get_method
 
         method = get_method(self.method)
@@ -149,6 +150,8 @@ class RunSettings:
         fields = {f.name for f in dataclasses.fields(method.config_cls)}
         if "iterations" in fields:
             out.setdefault("iterations", self.iterations)
+        if "batch_real" in fields and self.batch_real > 0:
+            out.setdefault("batch_real", self.batch_real)
         method.make_config(**out)  # fail early on a key the method does not take
         return out
 

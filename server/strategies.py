@@ -117,10 +117,18 @@ def run_feddm(
             Message(content, dst_node_id=n, message_type=MessageType.TRAIN, group_id=str(rnd))
             for n in nodes
         ]
+        t_send = time.perf_counter()
         replies = {
             r.metadata.src_node_id: r
             for r in grid.send_and_receive(messages, timeout=s.reply_timeout)
         }
+        log.info(
+            "[FedDM round %d] %d/%d replies in %.1f s",
+            rnd,
+            len(replies),
+            len(nodes),
+            time.perf_counter() - t_send,
+        )
 
         sets: dict[int, SyntheticSet] = {}
         clients: dict[int, dict[str, Any]] = {}
@@ -158,6 +166,14 @@ def run_feddm(
 
         acc, seconds, extra = None, 0.0, {}
         if kept:
+            log.info(
+                "[FedDM round %d] training the global model on %d images from %d clients "
+                "(%d epochs)",
+                rnd,
+                sum(len(sets[k]) for k in kept),
+                len(kept),
+                cfg.epochs,
+            )
             t0 = time.perf_counter()
             model = train_global(
                 [sets[k] for k in kept],

@@ -108,6 +108,9 @@ def test_run_settings_types_and_checks():
     with pytest.raises(ConfigError, match="strategy"):
         RunSettings.from_run_config({"strategy": "fedsgd"})
     assert RunSettings(method="random").method_overrides() == {}  # random has no iterations
+    dc = RunSettings(method="dc", iterations=7, batch_real=0, method_options="init=noise")
+    assert dc.method_overrides() == {"iterations": 7, "init": "noise"}
+    assert RunSettings(method="dc").method_overrides()["batch_real"] == 64
     with pytest.raises(ConfigError, match="takes no option"):
         RunSettings(method="random", method_options="lr_img=1").method_overrides()
     assert RunSettings(run_name="x").to_dict()["run-name"] == "x"
