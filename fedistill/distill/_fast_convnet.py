@@ -1,0 +1,194 @@
+"""A fast, inference-only forward of the frozen ConvNet embedding (DM's real branch).
+
+Distribution matching spends nearly all of its time embedding the real batch (256 images per
+class through a freshly initialised, frozen ConvNet). That branch needs no gradients, so it can
+be computed differently from :meth:`fedistill.models.ConvNet.embed` as long as the numbers are
+the same to float rounding. :func:`frozen_embed` does three things:
+
+1. **Channels-last memory and small chunks.** Convolutions run on NHWC tensors (oneDNN's fast
+   layout) over chunks of ``chunk`` images, so each block's large activation stays in cache.
+2. **Instance norm + ReLU + average pooling fused by algebra.** For one image and channel, the
+   block computes ``pool(relu(a·(z − μ) + β))`` with ``a = γ/σ`` (``z`` the conv output
+   without bias, which instance norm cancels; ``μ, σ`` its spatial mean and standard
+   deviation). When ``a > 0`` (always for a freshly initialised net, γ = 1),
+   ``relu(a·(z − μ) + β) = a·(max(z, μ − β/a) − μ) + β``, and pooling is linear, so the block
+   is one in-place ``clamp`` over the big map, the pooling, and an affine map of the 4× smaller
+   pooled map —
+   instead of GroupNorm's passes, a separate ReLU and the pooling. A channel with ``a ≤ 0``
+   (possible in a trained model) takes the plain ``relu(a·z + b)``.
+3. **First-layer statistics without touching its output.** The first convolution is linear in
+   few inputs (``C_in·k·k`` values per position, 9 for MNIST), so each image's per-channel mean
+   and variance follow from the mean and covariance of its input patches,
+   ``μ_c = w_cᵀ m`` and ``σ²_c = w_cᵀ Σ w_c``, computed in float64. The largest activation
+   of the network (``width`` × 28 × 28 per image) is then read only by the clamp and the pool.
+
+Deeper blocks compute their statistics from the conv output with one fused sum / sum-of-squares
+pass (falling back to a two-pass variance for a channel whose mean dwarfs its spread, where
+that formula would cancel).
+
+Only ConvNets built from ``Conv2d → (instance norm | none) → ReLU → [AvgPool2d(2)]`` blocks are
+handled; :func:`supports` says whether a network is, and :func:`frozen_embed` falls back to the
+network's own ``embed`` otherwise (batch norm, group norm with fewer groups, other models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# First-layer statistics come from the input patches when a patch has at most this many values.
+ANALYTIC_PATCH_MAX = 64
+# Default chunk of images per pass: big enough for efficient convolutions, small enough that a
+# chunk's first-layer activation (chunk × width × H × W floats) stays in cache.
+DEFAULT_CHUNK = 32
+# A channel whose squared mean exceeds this multiple of its variance gets a two-pass variance.
+_CANCEL_RATIO = 1e2
+
+
+@dataclass(frozen=True)
+class _Block:
+    conv: nn.Conv2d
+    norm: nn.GroupNorm | None  # instance norm (one group per channel), or no norm
+    pool: bool  # AvgPool2d(2, 2) after the ReLU
+
+
+def _is_instance_norm(m: nn.Module) -> bool:
+    return isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels and m.affine
+
+
+def _is_plain_conv(m: nn.Module) -> bool:
+    return (
+        isinstance(m, nn.Conv2d)
+        and m.stride == (1, 1)
+        and m.dilation == (1, 1)
+        and m.groups == 1
+        and m.padding_mode == "zeros"
+        and isinstance(m.padding, tuple)
+    )
+
+
+def _is_pool2(m: nn.Module) -> bool:
+    return (
+        isinstance(m, nn.AvgPool2d)
+        and m.kernel_size in (2, (2, 2))
+        and m.stride in (2, (2, 2))
+        and m.padding in (0, (0, 0))
+        and not m.ceil_mode
+        and m.divisor_override is None
+    )
+
+
+def plan(net: nn.Module) -> list[_Block] | None:
+    """The network's blocks, or ``None`` when it is not a ConvNet this module handles."""
+    features = getattr(net, "features", None)
+    if not isinstance(features, nn.Sequential) or not hasattr(net, "embed"):
+        return None
+    mods = list(features)
+    blocks: list[_Block] = []
+    i = 0
+    while i < len(mods):
+        if i + 2 >= len(mods) or not _is_plain_conv(mods[i]):
+            return None
+        conv, norm, act = mods[i], mods[i + 1], mods[i + 2]
+        if not isinstance(act, nn.ReLU):
+            return None
+        if _is_instance_norm(norm):
+            kept: nn.GroupNorm | None = norm  # type: ignore[assignment]
+        elif isinstance(norm, nn.Identity):
+            kept = None
+        else:
+            return None
+        i += 3
+        pool = i < len(mods) and _is_pool2(mods[i])
+        if pool:
+            i += 1
+        blocks.append(_Block(conv, kept, pool))  # type: ignore[arg-type]
+    return blocks or None
+
+
+def supports(net: nn.Module) -> bool:
+    """True when :func:`frozen_embed` takes the fast path for ``net``."""
+    return plan(net) is not None
+
+
+def frozen_embed(net: nn.Module, x: Tensor, chunk: int = DEFAULT_CHUNK) -> Tensor:
+    """``net.embed(x)`` without gradients, computed fast (see the module docstring).
+
+    Equal to ``net.embed(x)`` up to float rounding for the supported ConvNets; other networks
+    are embedded by their own ``embed`` (under ``torch.no_grad``)."""
+    blocks = plan(net)
+    with torch.no_grad():
+        if blocks is None:
+            return net.embed(x)
+        outs = [_forward(blocks, x[i : i + chunk]) for i in range(0, x.shape[0], chunk)]
+        return torch.cat(outs) if outs else net.embed(x)
+
+
+# --------------------------------------------------------------------------- the blocks
+
+
+def _channels_last(h: Tensor) -> Tensor:
+    if h.shape[1] == 1:
+        # A single-channel tensor counts as both layouts; give it channels-last strides
+        # explicitly so the convolution picks its NHWC kernel and writes an NHWC output.
+        hh, ww = h.shape[2:]
+        out = torch.empty_strided(h.shape, (hh * ww, 1, ww, 1), dtype=h.dtype, device=h.device)
+        return out.copy_(h)
+    return h.contiguous(memory_format=torch.channels_last)
+
+
+def _forward(blocks: list[_Block], x: Tensor) -> Tensor:
+    h = _channels_last(x)
+    for b in blocks:
+        h = _block(b, h)
+    return h.flatten(1)
+
+
+def _block(b: _Block, h: Tensor) -> Tensor:
+    conv = b.conv
+    if b.norm is None:
+        z = F.conv2d(h, conv.weight, conv.bias, padding=conv.padding).relu_()
+        return F.avg_pool2d(z, 2) if b.pool else z
+    patch = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    if patch <= ANALYTIC_PATCH_MAX:
+        mean, var = _patch_stats(h, conv)
+        z = F.conv2d(h, conv.weight, None, padding=conv.padding)
+    else:
+        z = F.conv2d(h, conv.weight, None, padding=conv.padding)
+        mean, var = _spatial_stats(z)
+    n, c = mean.shape
+    a = (b.norm.weight / torch.sqrt(var + b.norm.eps)).view(n, c, 1, 1)
+    mu, beta = mean.view(n, c, 1, 1), b.norm.bias.view(1, c, 1, 1)
+    if bool((a > 0).all()):
+        # relu(a (z − μ) + β) = a · (max(z, μ − β/a) − μ) + β: one clamp over the big map
+        z.clamp_min_(mu - beta / a)
+        out = F.avg_pool2d(z, 2) if b.pool else z
+        return out.sub_(mu).mul_(a).add_(beta)
+    z.sub_(mu).mul_(a).add_(beta).relu_()
+    return F.avg_pool2d(z, 2) if b.pool else z
+
+
+def _patch_stats(h: Tensor, conv: nn.Conv2d) -> tuple[Tensor, Tensor]:
+    """Per image and output channel: mean and variance over positions of ``conv(h)`` without
+    bias, from the mean and covariance of the input patches (float64)."""
+    p = F.unfold(h.double(), conv.kernel_size, padding=conv.padding)  # n × K × L
+    m = p.mean(-1)  # n × K
+    cov = p @ p.transpose(1, 2) / p.shape[-1] - m.unsqueeze(2) * m.unsqueeze(1)  # n × K × K
+    w = conv.weight.reshape(conv.out_channels, -1).double().t()  # K × C
+    mean = m @ w
+    var = ((cov @ w) * w).sum(1).clamp_min_(0)
+    return mean.to(h.dtype), var.to(h.dtype)
+
+
+def _spatial_stats(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Per image and channel: mean and (biased) variance over positions of an NHWC map."""
+    n, c = z.shape[:2]
+    v = z.permute(0, 2, 3, 1).reshape(n, -1, c)  # a view for channels-last z
+    mean = v.mean(1)
+    var = (v * v).mean(1) - mean * mean
+    if bool((mean * mean > _CANCEL_RATIO * var).any()):
+        var = torch.var(v, dim=1, correction=0)
+    return mean, var.clamp_min_(0)
