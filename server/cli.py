@@ -9,6 +9,15 @@ It runs the app (``server.server_app:app`` and ``clients.client_app:app``, confi
 (the same runtime ``flwr run`` starts inside a local SuperLink), in this process: per-run
 dependency installation off, ``FLWR_HOME`` under the project (``.flwr-home``) and one CPU per
 simulated client. Progress is streamed; the summary table is printed from the results file at the end.
+
+Plain Flower works too (flwr 1.42)::
+
+    FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 flwr run . --stream \
+        --federation-config "num-supernodes=5 client-resources-num-cpus=1"
+
+``flwr run`` then starts a managed local SuperLink (simulation mode, 127.0.0.1:39091/39093)
+that stays in the background after the run; ``results-dir`` is relative to that SuperLink's
+working directory, so give an absolute path. This command avoids the background process.
 """
 
 from __future__ import annotations
@@ -71,6 +80,7 @@ def simulate(
     os.environ["FLWR_HOME"] = str(Path(flwr_home or root / ".flwr-home").resolve())
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     Path(os.environ["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
@@ -178,6 +188,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import logging
 
+    logging.getLogger().setLevel(logging.WARNING)  # third parties (alembic, ray) stay quiet
+    logging.getLogger("fedistill").setLevel(logging.WARNING if args.quiet else logging.INFO)
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.propagate = False  # Flower has its own console handler
     flwr_logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
