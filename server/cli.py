@@ -168,9 +168,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise RunError(f"no pyproject.toml in {root}")
     known = _project_config(root)
     overrides = parse_run_config(args.run_config or "", known)
+    strategy = args.strategy or overrides.get("strategy", known.get("strategy"))
     for key, value in (
         ("strategy", args.strategy),
-        ("rounds", args.rounds),
+        ("fedavg-rounds" if strategy == "fedavg" else "rounds", args.rounds),
         ("results-dir", args.results_dir),
         ("run-name", args.run_name),
         ("baseline", "" if args.no_baseline else None),
@@ -235,7 +236,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[2],
     )
     p.add_argument("--strategy", choices=["feddm", "feddm-robust", "fedavg"])
-    p.add_argument("--rounds", type=_positive, help="FedDM rounds (1 = one-shot)")
+    p.add_argument("--rounds", type=_positive, help="rounds of the strategy (FedDM: 1 = one-shot)")
     p.add_argument("--num-clients", type=_positive, default=5, help="simulated SuperNodes (5)")
     p.add_argument(
         "--run-config",

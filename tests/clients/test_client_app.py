@@ -61,6 +61,9 @@ def test_feddm_round_two_loads_the_global_model(digits_train):
     record = model_to_record(new_model(s, digits_train.info))
     reply = train(message(rnd=2, arrays=record), context())
     assert not reply.has_error(), reply.error
+    # DM distills against the given model (FedDM's multi-round step)
+    reply = train(message(rnd=2, arrays=record), context(method="dm", iterations=2))
+    assert not reply.has_error(), reply.error
     # a model of the wrong architecture is refused, as an error reply
     wrong = model_to_record(torch.nn.Linear(3, 2))
     reply = train(message(rnd=2, arrays=wrong), context())
