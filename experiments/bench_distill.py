@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from _bench import (
     DEFAULT_MNIST,
@@ -83,7 +84,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--models", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (each in its own process)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=str(RESULTS / "bench_distill.json"))
     p.add_argument("--worker", nargs=2, metavar=("METHOD", "IPC"), help=argparse.SUPPRESS)
@@ -97,7 +99,7 @@ def main() -> None:
     if args.quick:
         args.epochs, args.models = 20, 1
     budget = QUICK if args.quick else BUDGET
-    rows = []
+    jobs = []
     for method in args.methods.split(","):
         for ipc in map(int, args.ipcs.split(",")):
             iters = budget.get((method, ipc), 50)
@@ -120,21 +122,28 @@ def main() -> None:
                 "--threads",
                 str(args.threads),
             ]
-            print(f"[bench_distill] {method} ipc {ipc}: {iters} iterations …", flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode != 0 or not line:
-                err = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-                rows.append({"method": method, "ipc": ipc, "error": err[0]})
-                print(f"  failed: {err[0]}", flush=True)
-                continue
-            row = json.loads(line[0][7:])
-            rows.append(row)
-            print(
-                f"  {100 * row['accuracy_mean']:.2f} ± {100 * row['accuracy_std']:.2f} %  "
-                f"{row['distill_seconds']:.1f} s  peak {row['peak_rss_mib']:.0f} MiB",
-                flush=True,
-            )
+            jobs.append((method, ipc, iters, cmd))
+
+    def run(job):
+        method, ipc, iters, cmd = job
+        print(f"[bench_distill] {method} ipc {ipc}: {iters} iterations …", flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not line:
+            err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"  {method} ipc {ipc} failed: {err}", flush=True)
+            return {"method": method, "ipc": ipc, "error": err}
+        row = json.loads(line[0][7:])
+        print(
+            f"  {method} ipc {ipc}: {100 * row['accuracy_mean']:.2f} ± "
+            f"{100 * row['accuracy_std']:.2f} %  {row['distill_seconds']:.1f} s  "
+            f"peak {row['peak_rss_mib']:.0f} MiB",
+            flush=True,
+        )
+        return row
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        rows = list(pool.map(run, jobs))
     payload = {
         "benchmark": "bench_distill",
         "command": command_line(),
