@@ -39,7 +39,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,6 +236,16 @@ def wait_for_port(port: int, proc: Proc, timeout: float, host: str = HOST) -> No
                 return
         time.sleep(0.2)
     raise DeploymentError(f"{proc.name} not listening on {host}:{port} after {timeout:.0f} s")
+
+
+def wait_listening(proc: Proc, port: int, timeout: float) -> None:
+    """Wait until ``proc`` itself serves ``127.0.0.1:port``: its log says uvicorn runs there
+    (a bare TCP connect could reach another process that took the port) and it accepts."""
+    line = rf"Uvicorn running on https?://{re.escape(HOST)}:{port}\b"
+    if not wait_for_log(proc, line, timeout):
+        state = "exited" if not proc.alive() else f"not listening after {timeout:.0f} s"
+        raise DeploymentError(f"{proc.name} {state} (port {port}):\n{tail(proc.log)}")
+    wait_for_port(port, proc, timeout)
 
 
 def wait_for_log(proc: Proc, pattern: str, timeout: float, count: int = 1) -> bool:
@@ -483,14 +493,32 @@ class Deployment:
             ]
         return ["--root-certificates", str(self.tls.ca)]
 
+    def _start_on_free_port(
+        self, name: str, argv_for: Callable[[int], list[str]], cwd: Path, attempts: int = 3
+    ) -> tuple[Proc, int]:
+        """Start a process that binds a port we picked; if another process took that port
+        between our check and its bind, start it again on a new one."""
+        for attempt in range(1, attempts + 1):
+            port = free_port()
+            proc = self.procs.start(name, argv_for(port), self.env, cwd=cwd)
+            try:
+                wait_listening(proc, port, self.startup_timeout)
+                return proc, port
+            except DeploymentError:
+                if attempt == attempts or "address already in use" not in proc.log_text():
+                    raise
+                self.procs.stop(proc)
+        raise AssertionError("unreachable")
+
     def start_superlink(self) -> Proc:
         """Start ``flower-superlink`` on a free port and wait until it listens."""
-        self.port = free_port()
-        argv = [str(VENV_BIN / "flower-superlink"), *self._security_flags("link")]
-        argv += ["--host", HOST, "--port", str(self.port)]
-        argv += ["--disable-runtime-dependency-installation"]
-        self.link = self.procs.start("superlink", argv, self.env, cwd=self.link_dir)
-        wait_for_port(self.port, self.link, self.startup_timeout)
+
+        def argv(port: int) -> list[str]:
+            out = [str(VENV_BIN / "flower-superlink"), *self._security_flags("link")]
+            out += ["--host", HOST, "--port", str(port)]
+            return [*out, "--disable-runtime-dependency-installation"]
+
+        self.link, self.port = self._start_on_free_port("superlink", argv, self.link_dir)
         write_connection(
             self.flwr_home,
             self.connection,
@@ -505,19 +533,35 @@ class Deployment:
         if self.link is None:
             raise DeploymentError("start the SuperLink first")
         total = num_partitions or num
-        new = []
+        argvs: dict[int, Callable[[int], list[str]]] = {}
         for i in range(len(self.nodes), len(self.nodes) + num):
+
+            def argv(port: int, i: int = i) -> list[str]:
+                out = [str(VENV_BIN / "flower-supernode"), *self._security_flags("node")]
+                out += ["--superlink", self.address, "--host", HOST, "--port", str(port)]
+                return [*out, "--node-config", f"partition-id={i} num-partitions={total}"]
+
+            argvs[i] = argv
+            (self.workdir / f"supernode-{i}").mkdir(exist_ok=True)
+        # start them all at once, then wait; a node that lost its port to a race restarts
+        new = []
+        for i, argv in argvs.items():
             port = free_port()
-            argv = [str(VENV_BIN / "flower-supernode"), *self._security_flags("node")]
-            argv += ["--superlink", self.address, "--host", HOST, "--port", str(port)]
-            argv += ["--node-config", f"partition-id={i} num-partitions={total}"]
-            argv += ["--max-retries", "20"]
-            node_dir = self.workdir / f"supernode-{i}"
-            node_dir.mkdir(exist_ok=True)
-            proc = self.procs.start(f"supernode-{i}", argv, self.env, cwd=node_dir)
+            proc = self.procs.start(
+                f"supernode-{i}", argv(port), self.env, self.workdir / f"supernode-{i}"
+            )
             new.append(Node(proc, i, port))
+        for k, node in enumerate(new):
+            try:
+                wait_listening(node.proc, node.port, self.startup_timeout)
+            except DeploymentError:
+                if "address already in use" not in node.proc.log_text():
+                    raise
+                self.procs.stop(node.proc)
+                name, cwd = node.proc.name, self.workdir / f"supernode-{node.partition_id}"
+                proc, port = self._start_on_free_port(name, argvs[node.partition_id], cwd)
+                new[k] = Node(proc, node.partition_id, port)
         for node in new:
-            wait_for_port(node.port, node.proc, self.startup_timeout)
             if not wait_for_log(node.proc, r"SuperNode ID: \d+", self.startup_timeout):
                 raise DeploymentError(
                     f"{node.proc.name} did not register with the SuperLink:\n{tail(node.proc.log)}"
