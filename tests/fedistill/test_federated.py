@@ -23,7 +23,7 @@ from fedistill.models import build_model
 from fedistill.synthetic import SyntheticSet
 
 # small and quick (2 shared CPU cores): an MLP, no augmentation, a larger learning rate
-FAST = EvalConfig(model="mlp", epochs=40, lr=0.05, batch_size=64, dsa=False)
+FAST = EvalConfig(model="mlp", epochs=40, num_models=1, lr=0.05, batch_size=64, dsa=False)
 
 
 def test_partitions_cover_every_example_once(digits_train):
@@ -175,3 +175,11 @@ def test_fedavg_learns_and_counts_bytes(digits_train, digits_test):
     size = model_bytes(res.model)
     assert res.bytes_up == res.bytes_down == 3 * 3 * size
     assert res.history[-1]["cum_bytes_up"] == res.bytes_up
+
+
+def test_more_eval_models_give_more_accuracies(digits_train, digits_test):
+    cfg = EvalConfig(model="mlp", epochs=5, num_models=2, lr=0.05, dsa=False)
+    res = simulate_feddm(
+        digits_train, digits_test, num_clients=2, method="random", ipc=3, eval_cfg=cfg
+    )
+    assert len(res.accuracies) == 2 and res.accuracies[0] == res.accuracy
