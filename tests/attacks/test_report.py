@@ -1,0 +1,247 @@
+"""The attack matrix: configuration checks, a tiny matrix end to end, and a failing cell."""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+
+import pytest
+import torch
+
+from attacks import cli as audit_cli
+from attacks.report import config_from_dict, load_config, quick, run_matrix, select
+from fedistill.cli import main as fedistill_main
+from fedistill.errors import ConfigError, UnknownNameError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(_two_threads):
+    torch.set_num_threads(1)  # tiny models: a second thread only adds contention
+
+
+GOOD = """
+dataset = "digits"
+seed = 0
+
+[budget]
+ipc = 3
+model = "mlp"
+epochs = 30
+lr = 0.05
+weight-decay = 0.0
+batch-size = 64
+dsa = false
+
+[[methods]]
+method = "random"
+
+[[methods]]
+method = "dm"
+iterations = 3
+width = 16
+batch-real = 16
+"""
+
+
+def _write(tmp_path, text, name="audit.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def _run_cli(argv, capsys):
+    code = fedistill_main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ('colour = "blue"\n', "unknown top-level key 'colour'"),
+        ("[attacks.mia]\nnum-shadows = 2\nshadows = 3\n", "unknown key 'shadows'"),
+        ('[[methods]]\nmethod = "nosuch"\n', "unknown method 'nosuch'"),
+        ('[[methods]]\nmethod = "dm"\nname = "dm2"\nnot_an_option = 1\n', "not_an_option"),
+        ("[attacks.sybil]\nm = 1\n", "unknown attack 'sybil'"),
+        ('[attacks.backdoor]\nkind = "sneaky"\n', "unknown kind 'sneaky'"),
+        ('[attacks.mia]\nnum-shadows = "many"\n', "'num-shadows' must be int"),
+        ('[attacks.mia]\nrows = ["nosuch"]\n', "rows nosuch are not rows"),
+    ],
+)
+def test_cli_refuses_a_bad_config_with_one_line_and_exit_2(tmp_path, capsys, extra, needle):
+    text = extra + GOOD if extra.startswith("colour") else GOOD + extra
+    path = _write(tmp_path, text)
+    code, _, err = _run_cli(["audit", "--config", str(path), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert needle in err
+    assert not (tmp_path / "o").exists()  # refused before running anything
+
+
+def test_cli_refuses_missing_and_invalid_files(tmp_path, capsys):
+    code, _, err = _run_cli(["audit", "--config", str(tmp_path / "absent.toml")], capsys)
+    assert code == 2 and "config file not found" in err and err.count("\n") == 1
+    bad = _write(tmp_path, "dataset = \n", "bad.toml")
+    code, _, err = _run_cli(["audit", "--config", str(bad)], capsys)
+    assert code == 2 and "invalid TOML" in err and err.count("\n") == 1
+    # python -m attacks: the same contract
+    assert audit_cli.main(["--config", str(tmp_path / "absent.toml")]) == 2
+    assert audit_cli.main(["audit", "--config", str(bad)]) == 2
+    assert audit_cli.main(["--config", str(bad), "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 3 and all(line.startswith("error: ") for line in err.splitlines())
+
+
+def test_unknown_names_on_the_command_line_are_refused(tmp_path, capsys):
+    path = _write(tmp_path, GOOD)
+    code, _, err = _run_cli(["audit", "--config", str(path), "--methods", "kip"], capsys)
+    assert code == 2 and "unknown method(s) kip" in err and "random, dm" in err
+    code, _, err = _run_cli(["audit", "--config", str(path), "--attacks", "mia,sybil"], capsys)
+    assert code == 2 and "unknown attack(s) sybil" in err
+
+
+def test_config_rows_defaults_selection_and_quick(tmp_path):
+    cfg = load_config(
+        _write(
+            tmp_path,
+            'data-root = "data"\n'
+            + GOOD
+            + "[attacks.mia]\nnum-shadows = 16\npool-size = 500\n"
+            + "[attacks.poisoning]\nm = 1\nn = 3\n",
+        )
+    )
+    assert cfg.row_names() == ["real", "random", "dm", "fedavg"]
+    assert cfg.data_root == str((tmp_path / "data").resolve())  # relative to the file
+    dm = cfg.pipeline(cfg.rows()[2])
+    assert dm.method_options == {"iterations": 3, "width": 16, "batch_real": 16}
+    assert (dm.model, dm.epochs, dm.dsa, dm.ipc) == ("mlp", 30, False, 3)
+    only = select(cfg, rows=["dm", "fedavg"], attacks=["mia"])
+    assert only.row_names() == ["dm"]  # fedavg only exists with poisoning
+    assert only.poisoning is None and only.mia is not None
+    q = quick(cfg)
+    assert q.quick and q.mia.num_shadows == 2 and q.mia.pool_size == 400
+    assert q.methods[1].options["iterations"] == 1
+    with pytest.raises(ConfigError, match="unique"):
+        config_from_dict(
+            {"methods": [{"method": "dm", "init": "real"}, {"method": "dm", "init": "real"}]}
+        )
+    with pytest.raises(ConfigError, match="top-level key; in TOML"):
+        load_config(_write(tmp_path, GOOD + "seed = 3\n", "misplaced.toml"))
+    with pytest.raises(UnknownNameError, match="unknown dataset"):
+        config_from_dict({"dataset": "imagenet"})
+
+
+# --------------------------------------------------------------------------- a tiny matrix
+
+TINY = (
+    GOOD
+    + """
+[attacks.mia]
+num-shadows = 2
+pool-size = 40
+
+[attacks.backdoor]
+kind = "naive"
+p = 0.5
+target = 0
+
+[attacks.poisoning]
+attack = "label_flip"
+m = 1
+n = 3
+defended = true
+filter = { epochs = 5, model = "mlp", model-kwargs = {} }
+fedavg-rounds = 1
+fedavg-lr = 0.05
+rows = ["random", "fedavg"]
+
+[attacks.dp-audit]
+num-runs = 4
+base-size = 40
+canaries-per-run = 2
+rows = ["real"]
+"""
+)
+
+
+def test_a_tiny_matrix_writes_the_report(tmp_path, capsys):
+    path = _write(tmp_path, TINY)
+    out = tmp_path / "report"
+    code, stdout, _ = _run_cli(
+        ["audit", "--config", str(path), "--out", str(out), "--quiet"], capsys
+    )
+    assert code == 0, stdout
+    assert "cells ok, 0 failed" in stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "complete"
+    assert [r["name"] for r in report["rows"]] == ["real", "random", "dm", "fedavg"]
+    cells = report["cells"]
+    for name in ("real", "random", "dm", "fedavg"):
+        acc = cells[name]["utility"]["summary"]["accuracy"]
+        assert acc > 0.3, (name, acc)  # 10 classes: chance is 0.1
+        assert cells[name]["utility"]["seconds"] >= 0
+    for name in ("real", "random", "dm"):
+        mia = cells[name]["mia"]
+        assert mia["status"] == "ok"
+        assert mia["budget"]["num_shadows"] == 2 and mia["budget"]["pool_size"] == 40
+        for attack in ("loss", "lira_online", "lira_offline"):
+            m = mia["summary"][attack]
+            assert 0.0 <= m["auc"] <= 1.0 and 0.0 <= m["tpr@0.1%fpr"] <= 1.0
+        bd = cells[name]["backdoor"]["summary"]
+        assert 0.0 <= bd["asr"] <= 1.0 and bd["clean_accuracy"] > 0.3
+        assert bd["baseline_asr"] is not None
+    assert cells["fedavg"]["mia"]["status"] == "skipped"
+    assert cells["real"]["poisoning"]["status"] == "skipped"
+    assert cells["real"]["poisoning"]["reason"] == "not selected (attacks.poisoning.rows)"
+    po = cells["random"]["poisoning"]["summary"]
+    pd = cells["random"]["poisoning_defended"]["summary"]
+    assert math.isfinite(po["accuracy_drop"]) and math.isfinite(pd["accuracy_drop"])
+    assert 0.0 <= pd["false_rejection_rate"] <= 1.0
+    assert math.isfinite(cells["fedavg"]["poisoning"]["summary"]["accuracy_drop"])
+    assert cells["fedavg"]["poisoning_defended"]["status"] == "skipped"
+    dp = cells["real"]["dp_audit"]["summary"]
+    assert dp["claimed_epsilon"] is None and dp["epsilon_lb"] >= 0.0
+
+    md = (out / "report.md").read_text()
+    assert "| pipeline | ε | utility acc % | MIA AUC loss | MIA AUC LiRA |" in md
+    for name in ("real", "random", "dm", "fedavg"):
+        assert f"| `{name}` |" in md
+    assert "## Budgets" in md and "K = 2 shadow pipelines" in md
+    assert "fedistill audit --config" in md  # the command that produced it
+    for plot in ("roc_lira.png", "backdoor.png", "poisoning.png", "roc_dm.png"):
+        assert (out / "plots" / plot).stat().st_size > 5000, plot
+
+
+def test_a_failing_cell_is_recorded_and_the_matrix_goes_on(tmp_path, monkeypatch, digits_train):
+    import attacks.lira
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shadow pipeline exploded")
+
+    monkeypatch.setattr(attacks.lira, "run_mia", broken)
+    cfg = config_from_dict(
+        {
+            "dataset": "digits",
+            "reference": False,
+            "budget": {"ipc": 3, "model": "mlp", "epochs": 20, "dsa": False, "lr": 0.05},
+            "methods": [{"method": "random"}],
+            "attacks": {"mia": {"num-shadows": 2, "pool-size": 40}, "backdoor": {"p": 0.5}},
+        }
+    )
+    out = tmp_path / "r"
+    report = run_matrix(cfg, out)
+    cells = report["cells"]["random"]
+    assert cells["mia"]["status"] == "failed"
+    assert "RuntimeError: shadow pipeline exploded" in cells["mia"]["reason"]
+    assert "Traceback" in cells["mia"]["traceback"]
+    assert cells["utility"]["status"] == "ok" and cells["backdoor"]["status"] == "ok"
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["cells"]["random"]["mia"]["status"] == "failed"
+    md = (out / "report.md").read_text()
+    assert "`random` · mia: **failed** — RuntimeError: shadow pipeline exploded" in md
+    row = next(line for line in md.splitlines() if line.startswith("| `random` |"))
+    assert row.split("|")[4].strip() == "—"  # the MIA AUC cell
