@@ -28,6 +28,7 @@ import copy
 import dataclasses
 import inspect
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -269,8 +270,8 @@ def set_metrics(syn: SyntheticSet, part_size: int, seconds: float) -> dict[str, 
         "bytes": syn.nbytes(),
     }
     priv = syn.privacy or {}
-    for key in ("epsilon", "delta", "rho"):
-        if isinstance(priv.get(key), int | float):
+    for key in ("epsilon", "delta", "rho"):  # ε = ∞ (no privacy) is left out, like none
+        if isinstance(priv.get(key), int | float) and math.isfinite(priv[key]):
             out[key] = float(priv[key])
     if "rho" not in out and isinstance(syn.meta.get("hyperparameters", {}).get("rho"), int | float):
         out["rho"] = float(syn.meta["hyperparameters"]["rho"])

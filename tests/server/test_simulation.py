@@ -300,3 +300,17 @@ def test_server_main_runs_feddm_then_the_baseline(tmp_path):
     assert sorted(base["clients"]) == ["1000", "1001"]  # the silent node is not asked again
     assert base["accuracy"] > CHANCE and data["accuracy"] > CHANCE
     assert (tmp_path / "main" / "accuracy_vs_bytes.png").is_file()
+
+
+def test_private_method_reports_epsilon_per_client(tmp_path):
+    """DP-PSG's ε (computed by its accountant) reaches the results and the table."""
+    options = "outer_loop=1,batch_loop=1,inner_loop=1,width=16"
+    s, grid, results, test = setup(
+        tmp_path, 2, method="psg", iterations=1, ipc=2, **{"method-options": options}
+    )
+    run_feddm(grid, s, test, results.main)
+    clients = results.data["clients"].values()
+    assert len(clients) == 2
+    for c in clients:
+        assert 0 < c["epsilon"] <= 10.0 and c["delta"] == 1e-5
+    assert "∞" not in format_table(results.data).split("strategy")[0]
