@@ -27,7 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 from clients.task import RunSettings, load_split
 from fedistill.errors import FedistillError
 from server.results import RunResults, format_table, write_plots
-from server.strategies import run_fedavg, run_feddm
+from server.strategies import run_fedavg, run_feddm, unreachable
 
 log = logging.getLogger("flwr.fedistill.server")
 
@@ -55,10 +55,8 @@ def main(grid: Grid, context: Context) -> None:
         results.main.finish()
         if s.run_baseline:
             section = results.baseline("fedavg")
-            silent = {
-                int(d["node_id"]) for d in results.data["dropped"] if "no reply" in d["reason"]
-            }
-            run_fedavg(grid, s, test, section, exclude=silent)
+            lost = unreachable(results.data["dropped"])
+            run_fedavg(grid, s, test, section, exclude=lost)
             section.finish()
     except Exception as exc:
         results.finish("failed", f"{type(exc).__name__}: {exc}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
@@ -70,7 +71,9 @@ def _partition_of(msg: Message) -> int | None:
 
 def _drop(node: int, reason: str, msg: Message | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"node_id": node, "reason": reason}
-    if msg is not None and not msg.has_error():
+    if msg is not None and msg.has_error():
+        out["error_code"] = int(msg.error.code)
+    elif msg is not None:
         pid = _partition_of(msg)
         if pid is not None:
             out["partition_id"] = pid
@@ -86,6 +89,20 @@ class FedDMOutcome:
     model: nn.Module | None
     pool: SyntheticSet | None
     sets: dict[int, SyntheticSet] = field(default_factory=dict)
+
+
+def unreachable(dropped: list[dict[str, Any]]) -> set[int]:
+    """Nodes that never answered (timeout, or the SuperLink reports them unavailable)."""
+    lost = {
+        ErrorCode.MESSAGE_UNAVAILABLE,
+        ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
+        ErrorCode.NODE_UNAVAILABLE,
+    }
+    return {
+        int(d["node_id"])
+        for d in dropped
+        if d["reason"].startswith("no reply") or d.get("error_code") in lost
+    }
 
 
 def run_feddm(
@@ -140,7 +157,7 @@ def run_feddm(
                 dropped.append(_drop(node, f"no reply within {s.reply_timeout:g} s"))
                 continue
             if msg.has_error():
-                dropped.append(_drop(node, f"client error: {msg.error.reason}"))
+                dropped.append(_drop(node, f"client error: {msg.error.reason}", msg))
                 continue
             up += content_bytes(msg.content)
             try:
@@ -274,7 +291,7 @@ class CheckedFedAvg(FedAvg):
                 dropped.append(_drop(node, "no reply within the timeout"))
                 continue
             if msg.has_error():
-                dropped.append(_drop(node, f"client error: {msg.error.reason}"))
+                dropped.append(_drop(node, f"client error: {msg.error.reason}", msg))
                 continue
             up += content_bytes(msg.content)
             try:

@@ -23,7 +23,7 @@ from clients.client_app import train
 from clients.task import RunSettings, load_split
 from server.cli import PROJECT_ROOT
 from server.results import RunResults, format_table, write_plots
-from server.strategies import run_fedavg, run_feddm
+from server.strategies import run_fedavg, run_feddm, unreachable
 
 CHANCE = 0.1
 TINY = {
@@ -133,6 +133,8 @@ def test_feddm_drops_every_bad_reply_and_still_trains(tmp_path):
         if kind != "raise":
             assert row["partition_id"] == i + 2  # named by the partition it claimed
     assert "no reply" in dropped[n - 1]["reason"]
+    assert dropped[9]["error_code"] == 2  # CLIENT_APP_RAISED_EXCEPTION: alive, just failing
+    assert unreachable(data["dropped"]) == {1000 + n - 1}
     assert data["rounds"][0]["kept"] == [1000, 1001]
     assert data["accuracy"] > CHANCE + 0.2, data["accuracy"]  # from two honest clients
     assert data["bytes_up"] >= sum(c["bytes"] for c in data["clients"].values())
@@ -314,3 +316,13 @@ def test_private_method_reports_epsilon_per_client(tmp_path):
     for c in clients:
         assert 0 < c["epsilon"] <= 10.0 and c["delta"] == 1e-5
     assert "∞" not in format_table(results.data).split("strategy")[0]
+
+
+def test_unreachable_nodes_are_timeouts_and_unavailable_nodes():
+    rows = [
+        {"node_id": 1, "reason": "no reply within 5 s"},
+        {"node_id": 2, "reason": "client error: gone", "error_code": 5},  # NODE_UNAVAILABLE
+        {"node_id": 3, "reason": "client error: boom", "error_code": 2},
+        {"node_id": 4, "reason": "invalid reply: NaN", "partition_id": 4},
+    ]
+    assert unreachable(rows) == {1, 2}
