@@ -806,7 +806,7 @@ class MatrixRun:
             log.warning("plots failed: %s: %s", type(exc).__name__, exc)
             self.report["plots"] = {"error": f"{type(exc).__name__}: {exc}"}
         self.save()
-        (self.out / "report.md").write_text(render_markdown(self.report, self.out))
+        (self.out / "report.md").write_text(render_markdown(self.report))
         return self.report
 
     # ------------------------------------------------------------------ helpers
@@ -1323,11 +1323,7 @@ def _describe_pipeline(report: dict[str, Any], name: str) -> str:
     else:
         opts = ", ".join(f"{k}={v}" for k, v in sorted(p["method_options"].items()))
         src = f"{p['method']} IPC {p['ipc']}" + (f" ({opts})" if opts else "")
-    u = report["cells"][name].get("utility", {})
-    b = u.get("budget", {})
-    it = b.get("distill_iterations")
-    extra = f", {it} distillation iterations" if it else ""
-    return f"{src}{extra}"
+    return src
 
 
 def _train_protocol(p: dict[str, Any]) -> str:
@@ -1341,7 +1337,7 @@ def _train_protocol(p: dict[str, Any]) -> str:
 
 def budgets_section(report: dict[str, Any]) -> list[str]:
     cfg = report["config"]
-    lines = ["## Budgets", ""]
+    lines = ["#### Budgets", ""]
     protocols = {}
     for row in report["rows"]:
         if row["method"] != FEDAVG:
@@ -1436,7 +1432,7 @@ def missing_section(report: dict[str, Any]) -> list[str]:
     for (kind, reason), names in reasons.items():
         who = ", ".join(f"`{n}`" for n in names)
         lines.append(f"- {kind} of {who}: {reason}")
-    return ["## Missing cells", "", *lines, ""] if lines else []
+    return ["#### Missing cells", "", *lines, ""] if lines else []
 
 
 def timings_section(report: dict[str, Any]) -> list[str]:
@@ -1444,7 +1440,7 @@ def timings_section(report: dict[str, Any]) -> list[str]:
     kinds = [k for k in CELLS if any(k in c for c in report["cells"].values())]
     head = ["pipeline", *kinds, "total"]
     lines = [
-        "## Timings",
+        "#### Timings",
         "",
         "Wall-clock seconds (this process's CPU seconds, all threads).",
         "",
@@ -1457,7 +1453,9 @@ def timings_section(report: dict[str, Any]) -> list[str]:
 
     for name, cells in report["cells"].items():
         vals = [
-            (cells[k]["seconds"], cells[k].get("cpu_seconds")) if k in cells else (None, None)
+            (cells[k]["seconds"], cells[k].get("cpu_seconds"))
+            if k in cells and cells[k]["status"] != "skipped"
+            else (None, None)
             for k in kinds
         ]
         wall = sum(w for w, _ in vals if w is not None)
@@ -1468,12 +1466,17 @@ def timings_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_markdown(report: dict[str, Any], out: str | Path | None = None) -> str:
-    """report.md: the matrix, its budgets, the command, missing cells, timings, machine, plots."""
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md: the matrix, its budgets, the command, missing cells, timings, machine, plots.
+
+    Written to be embedded as it is (experiments/tables.py puts it into the README under its
+    own heading): no top-level heading, sections at level 4, plots named by path, not linked
+    (a relative link cannot be right both beside report.json and in the README).
+    """
     d = report["dataset"]
     m = report["machine"]
     title = report.get("title") or f"Attack matrix on {d['name']}"
-    lines = [f"# {title}", ""]
+    lines = [f"**{title}**", ""]
     if report.get("config", {}).get("quick"):
         lines += ["**Quick run** (`--quick`: reduced budgets, for trying the pipeline).", ""]
     lines += [
@@ -1503,13 +1506,21 @@ def render_markdown(report: dict[str, Any], out: str | Path | None = None) -> st
     ]
     plots = report.get("plots") or {}
     if plots and "error" not in plots:
-        lines += ["## Plots", ""]
-        base = Path(out) if out is not None else None
+        folder = _display_path(Path(next(iter(plots.values()))).parent)
+        lines += ["#### Plots", "", f"In `{folder}/`:", ""]
         for label, path in plots.items():
-            rel = os.path.relpath(path, base) if base is not None else path
-            lines.append(f"- {label}: [{rel}]({rel})")
+            lines.append(f"- `{Path(path).name}`: {label}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _display_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it, else as it is."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        return str(path.resolve().relative_to(repo))
+    except ValueError:
+        return str(path)
 
 
 # =========================================================================== plots
