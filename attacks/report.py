@@ -711,7 +711,12 @@ class MatrixRun:
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / "report.json"
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(_jsonable(self.report), indent=1) + "\n")
+        report = dict(self.report)
+        report["cells"] = {  # each row's cells in the table's order
+            name: {k: cells[k] for k in CELLS if k in cells}
+            for name, cells in self.report["cells"].items()
+        }
+        tmp.write_text(json.dumps(_jsonable(report), indent=1) + "\n")
         os.replace(tmp, path)
         return path
 
@@ -763,13 +768,17 @@ class MatrixRun:
             kinds = ("poisoning", "poisoning_defended") if attack == "poisoning" else (attack,)
             if spec is None:
                 for kind in kinds:
-                    unplanned(kind, self.names, f"not configured (no [attacks.{attack}] section)")
+                    unplanned(
+                        kind,
+                        self.names,
+                        f"not configured (no [attacks.{attack.replace('_', '-')}] section)",
+                    )
                 continue
             chosen = spec.rows if spec.rows is not None else self.names
             chosen = [n for n in self.names if n in chosen]
             others = [n for n in self.names if n not in chosen]
             for kind in kinds:
-                unplanned(kind, others, f"not selected (attacks.{attack}.rows)")
+                unplanned(kind, others, f"not selected (attacks.{attack.replace('_', '-')}.rows)")
             if attack == "mia":
                 add("mia", self.mia, chosen)
             elif attack == "backdoor":
@@ -1274,7 +1283,10 @@ def _row_cells(report: dict[str, Any], name: str) -> list[str]:
     s = lambda kind: _summary(report, name, kind)  # noqa: E731
     u, mia, bd = s("utility"), s("mia"), s("backdoor")
     po, pd, dp = s("poisoning"), s("poisoning_defended"), s("dp_audit")
-    cells = [_eps(u and u.get("epsilon")), _pct(u and u.get("accuracy"))]
+    eps = _eps(u and u.get("epsilon"))
+    if eps == "—" and u and u.get("rho"):
+        eps = f"— (KIP-ρ {u['rho']:g})"  # ρ is a privacy knob without an ε
+    cells = [eps, _pct(u and u.get("accuracy"))]
     if mia:
         cells += [
             _fmt(mia["loss"]["auc"]),
