@@ -66,10 +66,10 @@ class FilterConfig:
 
     # cross-scoring: "pairwise" (default), "loo" (leave-one-out) or "none"
     cross_score: str = "pairwise"
-    model: str = "convnet"
-    model_kwargs: dict[str, Any] = field(
-        default_factory=lambda: {"width": 32, "depth": 2, "norm": "instance"}
-    )
+    # the scoring model: an MLP is ~10× cheaper than a ConvNet on CPU, separated honest from
+    # poisoned sets as well on digits, and (unlike an instance-normalised ConvNet) sees scale
+    model: str = "mlp"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
     epochs: int = 60
     lr: float = 0.1
     batch_size: int = 64
@@ -86,7 +86,7 @@ class FilterConfig:
             "mean": 0.25,
             "log_std": 0.15,
             "out_of_range": 0.05,
-            "roughness": 0.15,
+            "roughness": 0.05,
         }
     )
     range_tolerance: float = 0.5  # in normalised units beyond the [0, 1] pixel range

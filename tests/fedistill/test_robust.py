@@ -1,0 +1,121 @@
+"""The server-side filter for synthetic sets: it rejects poisoned sets and keeps honest ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedistill.data import LabeledImages
+from fedistill.errors import ConfigError
+from fedistill.federated import client_distill, client_partitions, client_seed
+from fedistill.robust import (
+    FilterConfig,
+    false_rejection_rate,
+    filter_sets,
+    score_sets,
+    set_statistics,
+)
+from fedistill.synthetic import SyntheticSet
+
+N = 5
+
+
+def _honest_sets(train, scheme: str) -> tuple[list, dict[int, SyntheticSet]]:
+    parts = client_partitions(train, N, scheme, alpha=0.5, seed=0)
+    sets = {
+        i: client_distill(train.subset(p), "random", 10, seed=client_seed(0, i))
+        for i, p in enumerate(parts)
+    }
+    return parts, sets
+
+
+@pytest.fixture(scope="module")
+def iid(digits_train):
+    return _honest_sets(digits_train, "iid")
+
+
+@pytest.fixture(scope="module")
+def skewed(digits_train):
+    return _honest_sets(digits_train, "dirichlet")
+
+
+def _flipped(syn: SyntheticSet) -> SyntheticSet:
+    return SyntheticSet(syn.images, (syn.labels + 1) % syn.num_classes, dict(syn.meta))
+
+
+def test_rejects_a_label_flipped_set_and_keeps_the_honest_ones(iid, digits_train):
+    _, honest = iid
+    sets = dict(honest) | {0: _flipped(honest[0])}
+    kept, rejected = filter_sets(sets, digits_train.info)
+    assert list(rejected) == [0]
+    assert "disagree" in rejected[0]
+    assert kept == [1, 2, 3, 4]
+
+
+def test_non_iid_honest_clients_are_kept_and_colluding_flippers_rejected(skewed, digits_train):
+    parts, honest = skewed
+    sizes = [len(torch.unique(digits_train.labels[torch.as_tensor(p)])) for p in parts]
+    held = [len(torch.unique(s.labels)) for s in honest.values()]
+    assert min(held) < 10, f"the Dirichlet split should skew classes, clients hold {held}"
+    # all honest: nobody rejected
+    _, rejected = filter_sets(dict(honest), digits_train.info)
+    assert rejected == {}, f"false rejections of honest non-IID clients ({sizes}): {rejected}"
+    # two of five clients flip labels (the label flip of their real data, K−1−y) and collude
+    sets = dict(honest)
+    for i in (0, 1):
+        part = digits_train.subset(parts[i])
+        flipped = LabeledImages(part.images, 9 - part.labels, part.info)
+        sets[i] = client_distill(flipped, "random", 10, seed=client_seed(0, i))
+    report = score_sets(sets, digits_train.info)
+    assert sorted(report.rejected) == [0, 1]
+    assert false_rejection_rate(report.rejected, [2, 3, 4]) == 0.0
+    honest_agreement = min(report.scores[i].agreement for i in (2, 3, 4))
+    assert honest_agreement > 2 * max(report.scores[i].agreement for i in (0, 1))
+
+
+def test_scaled_and_noise_sets_are_rejected_by_their_statistics(iid, digits_train):
+    _, honest = iid
+    gen = torch.Generator().manual_seed(0)
+    sets = dict(honest)
+    sets[0] = SyntheticSet(honest[0].images * 10, honest[0].labels, dict(honest[0].meta))
+    sets[1] = SyntheticSet(
+        torch.randn(honest[1].images.shape, generator=gen), honest[1].labels, dict(honest[1].meta)
+    )
+    # statistics alone, no cross-scoring: the outliers are in the images themselves
+    kept, rejected = filter_sets(sets, digits_train.info, config=FilterConfig(cross_score="none"))
+    assert kept == [2, 3, 4]
+    assert "log_std" in rejected[0]
+    assert "roughness" in rejected[1] or "out_of_range" in rejected[1]
+
+
+def test_set_statistics_see_scale_and_noise(digits_train):
+    x = digits_train.images[:100]
+    base = set_statistics(x, digits_train.info)
+    scaled = set_statistics(x * 5, digits_train.info)
+    noise = set_statistics(
+        torch.randn(100, 1, 8, 8, generator=torch.Generator().manual_seed(1)), digits_train.info
+    )
+    assert scaled["log_std"] - base["log_std"] == pytest.approx(
+        torch.log(torch.tensor(5.0)).item(), abs=1e-4
+    )
+    assert base["out_of_range"] == 0.0 and scaled["out_of_range"] > 0.2
+    assert noise["roughness"] > 1.5 * base["roughness"]
+
+
+def test_too_few_clients_keeps_everything_and_bad_config_is_an_error(iid, digits_train):
+    _, honest = iid
+    sets = {0: _flipped(honest[0]), 1: honest[1]}
+    assert filter_sets(sets, digits_train.info) == ([0, 1], {})
+    with pytest.raises(ConfigError):
+        filter_sets(dict(honest), digits_train.info, config=FilterConfig(cross_score="vote"))
+    with pytest.raises(ConfigError):
+        filter_sets(dict(honest), digits_train.info, config=FilterConfig(min_clients=2))
+
+
+@pytest.mark.slow
+def test_leave_one_out_variant_rejects_a_flipped_set(iid, digits_train):
+    _, honest = iid
+    sets = dict(honest) | {3: _flipped(honest[3])}
+    report = score_sets(sets, digits_train.info, config=FilterConfig(cross_score="loo"))
+    assert list(report.rejected) == [3]
+    assert report.scores[3].accuracy < 0.2 < 0.6 < min(report.scores[i].accuracy for i in (0, 1))
