@@ -104,7 +104,7 @@ def cmd_audit(args: argparse.Namespace, prog: str = "fedistill audit") -> int:
     print(
         f"wrote {out / 'report.md'}, {out / 'report.json'} and {len(report['plots'])} plot(s): "
         f"{len(cells) - len(failed) - len(skipped)} cells ok, {len(failed)} failed, "
-        f"{len(skipped)} not applicable ({report['seconds'] / 60:.1f} min)"
+        f"{len(skipped)} skipped (not applicable or not selected; see report.md) ({report['seconds'] / 60:.1f} min)"
     )
     return 1 if (args.strict and failed) else 0
 
