@@ -27,8 +27,11 @@ class's real batch and one of the synthetic set. The real branch — nearly all 
 ``classes × batch_real`` images against ``classes × ipc`` synthetic ones — needs no gradients
 and goes through :func:`fedistill.distill._fast_convnet.frozen_embed` (channels-last chunks,
 instance norm + ReLU + pooling fused by algebra, first-layer statistics from the input
-patches); it equals ``ψ.embed`` to float rounding. The synthetic branch is the plain,
-differentiable ``ψ.embed``. ``fast_embed=False`` embeds the real batch with ``ψ.embed`` too.
+patches); it equals ``ψ.embed`` to float rounding. Its chunks run on ``torch.get_num_threads()``
+worker threads of one intra-op thread each, while the calling thread (also on one intra-op
+thread during the loop) computes the synthetic branch with the plain, differentiable
+``ψ.embed``: no OpenMP barriers, which a shared machine makes slow, and a result that does not
+depend on the thread count. ``fast_embed=False`` embeds the real batch with ``ψ.embed`` too.
 
 **A given model** (``model=``; the current global model of multi-round FedDM, Xiong et al.
 CVPR 2023): ψ is a frozen copy of that model in eval mode instead of a fresh ConvNet; with
@@ -56,7 +59,7 @@ from fedistill.distill._common import (
     sample_per_class,
     seeded,
 )
-from fedistill.distill._fast_convnet import DEFAULT_CHUNK, frozen_embed
+from fedistill.distill._fast_convnet import DEFAULT_CHUNK, single_threaded, start_frozen_embed
 from fedistill.errors import ConfigError
 from fedistill.models import MODELS, NORMS, build_model
 from fedistill.progress import progress_bar
@@ -142,24 +145,29 @@ def dm_loss(
     augment: DSA | None = None,
     seed: int = 0,
     fast: bool = True,
+    workers: int = 1,
 ) -> Tensor:
     """Σ_c ‖mean ψ(A_ω_c(B_c)) − mean ψ(A_ω_c(S_c))‖² for batches grouped by class.
 
     ``x_real`` holds ``num_classes`` equal blocks of real images, ``x_syn`` the matching blocks
     of synthetic images; with ``augment``, block ``c`` of both gets the same DSA draw (seeded by
-    ``seed``). Differentiable in ``x_syn`` only."""
+    ``seed``). Differentiable in ``x_syn`` only. ``fast`` embeds the real batch with
+    :func:`frozen_embed` (on ``workers`` threads, while this thread embeds the synthetic
+    batch), else with ``ψ.embed``."""
     real_groups = torch.arange(num_classes).repeat_interleave(len(x_real) // num_classes)
     syn_groups = torch.arange(num_classes).repeat_interleave(len(x_syn) // num_classes)
     if augment is not None:
         x_real = augment(x_real, seed=seed, groups=real_groups)
-        x_syn = augment(x_syn, seed=seed, groups=syn_groups)
     if fast:
-        real_emb = frozen_embed(net, x_real, DEFAULT_CHUNK)
+        real_emb = start_frozen_embed(net, x_real, DEFAULT_CHUNK, workers=workers)
     else:
         with torch.no_grad():
-            real_emb = net.embed(x_real)
-    mean_real = class_means(real_emb, num_classes)
+            plain = net.embed(x_real)
+        real_emb = lambda: plain  # noqa: E731
+    if augment is not None:
+        x_syn = augment(x_syn, seed=seed, groups=syn_groups)
     mean_syn = class_means(net.embed(x_syn), num_classes)
+    mean_real = class_means(real_emb(), num_classes)
     return ((mean_real - mean_syn) ** 2).sum()
 
 
@@ -191,6 +199,7 @@ def dm_iteration(
     gen: torch.Generator,
     *,
     base: nn.Module | None = None,
+    workers: int = 1,
 ) -> float:
     """One iteration of the algorithm box: draw ψ (fresh, or ``base`` perturbed), sample the
     real batches, one DSA draw per class, one SGD step on ``syn``; returns the loss."""
@@ -203,7 +212,14 @@ def dm_iteration(
     x_real = real.images[idx].to(syn.device)
     draw = int(torch.randint(2**31 - 1, (1,), generator=gen))
     loss = dm_loss(
-        net, x_real, syn, len(classes), augment=augment, seed=draw, fast=config.fast_embed
+        net,
+        x_real,
+        syn,
+        len(classes),
+        augment=augment,
+        seed=draw,
+        fast=config.fast_embed,
+        workers=workers,
     )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -242,11 +258,16 @@ def distill_dm(
     else:
         base = None
 
+    # torch's thread count becomes the number of real-branch workers; everything else runs on
+    # one intra-op thread (no OpenMP barriers; and the set does not depend on the thread count)
+    workers = torch.get_num_threads()
     losses: list[float] = []
-    with progress_bar("dm", config.iterations, progress) as bar:
+    with progress_bar("dm", config.iterations, progress) as bar, single_threaded():
         for _ in range(config.iterations):
             losses.append(
-                dm_iteration(real, syn, optimizer, classes, config, augment, gen, base=base)
+                dm_iteration(
+                    real, syn, optimizer, classes, config, augment, gen, base=base, workers=workers
+                )
             )
             bar.advance(loss=losses[-1] / len(classes))
 

@@ -54,6 +54,15 @@ def test_fast_embed_equals_the_plain_embed(channels, size, norm):
     assert _rel_err(fast, plain) < 1e-4
 
 
+def test_fast_embed_on_parallel_workers_is_the_same_bit_for_bit():
+    torch.manual_seed(0)
+    net = ConvNet(1, 10, (28, 28), width=32)
+    x = torch.randn(100, 1, 28, 28)
+    one = frozen_embed(net, x, chunk=16)
+    assert torch.equal(frozen_embed(net, x, chunk=16, workers=3), one)
+    assert torch.get_num_threads() == 1  # the caller's setting is left as it was
+
+
 def test_fast_embed_handles_trained_norm_parameters_and_real_digits(digits_train):
     """Negative and zero γ (possible after training) take the plain path per block."""
     torch.manual_seed(1)
@@ -135,6 +144,14 @@ def test_same_seed_gives_the_same_set_bit_for_bit(digits_train):
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
     assert a.to_bytes() == b.to_bytes()
     assert not torch.equal(a.images, c.images)
+
+
+def test_the_set_does_not_depend_on_the_thread_count(digits_train):
+    one = distill("dm", digits_train, 1, seed=0, iterations=3, **SMALL)
+    torch.set_num_threads(2)  # two real-branch workers
+    two = distill("dm", digits_train, 1, seed=0, iterations=3, **SMALL)
+    assert torch.get_num_threads() == 2
+    assert torch.equal(one.images, two.images)
 
 
 def test_fast_and_plain_real_branch_give_the_same_set(digits_train):
