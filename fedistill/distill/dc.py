@@ -30,18 +30,28 @@ The ``(outer, inner)`` schedule follows the reference's ``get_loops``: IPC 1 →
 (10, 50), 20 → (20, 25), 30 → (30, 20), 40 → (40, 15), 50 → (50, 10). Other IPCs (the reference
 refuses them) take ``outer = ipc`` and the inner count of the nearest tabulated IPC ≥ 10.
 
+The network is the literature's ConvNet-128-3 (instance norm); on images under 16 px (8×8
+digits) ``depth`` defaults to 2, because a third block would instance-normalise 2×2 maps and
+make the gradients too erratic to match. The inner training uses plain SGD (``lr_net``), as the
+reference's current ``main.py``.
+
 **Soft labels** (``learn_labels``): every synthetic image gets learnable label logits,
 initialised to ``label_init`` × one-hot of its class; the synthetic branch's loss uses their
 softmax as soft targets, so the matching loss optimises labels and images jointly (SGD,
-momentum 0.5, ``lr_label``). The set stores the softmax rows (N×K float32, label kind "soft").
+momentum 0.5, ``lr_label``); the inner training uses them too. The set stores the softmax rows
+(N×K float32, label kind "soft"). Matching gradients of hard-labelled real batches tends to
+sharpen the labels (digits IPC 1: max probability 0.94 → 0.99 in 25 iterations).
 
-**CPU budget.** The per-outer-iteration cost is dominated by the real gradients
-(``outer × classes × batch_real`` images forward and backward) and, for IPC > 1, by the inner
-training (``(outer − 1) × inner`` epochs on the synthetic set). The reference runs 1,000 outer
-iterations with 256 real images per class (≈ 270 s per outer iteration at IPC 10 on the
-project's 2-core machine). The defaults here keep the loss, the schedule and the optimisers of
-the reference and change only the budget: ``iterations=100`` and ``batch_real=128``. Set
-``iterations=1000, batch_real=256`` for the reference's budget.
+**CPU budget.** One outer iteration costs ``outer`` matching steps (``classes × batch_real``
+real images forward and backward, plus the small synthetic double-backward) and
+``(outer − 1) × inner`` epochs of training on the synthetic set. Measured on mnist-subset, one
+thread, CPU seconds (shared machine): IPC 1 ≈ 5.9 s per iteration (11.4 s at the reference's
+``batch_real=256``); IPC 10 ≈ 212 s (272 s at 256), of which the 450 inner epochs are 151 s.
+The defaults keep the reference's loss, schedule, learning rates and optimisers and change only
+the budget: ``iterations=100`` (reference 1,000) and ``batch_real=128`` (reference 256). DC at
+IPC 1 on mnist-subset with these defaults (≈ 10 CPU-minutes) reaches 85.9 % against 65.8 % for
+``random`` (300 evaluation epochs, 3 models). Set ``iterations=1000, batch_real=256`` for the
+reference's budget.
 """
 
 from __future__ import annotations
@@ -265,7 +275,13 @@ def train_on_synthetic(
             opt.step()
 
 
-def _freeze_batchnorm(net: nn.Module, real: LabeledImages, classes: list[int], gen, device):
+def _freeze_batchnorm(
+    net: nn.Module,
+    real: LabeledImages,
+    classes: list[int],
+    gen: torch.Generator,
+    device: torch.device,
+) -> None:
     """As the reference: with BatchNorm, set its statistics from 16 real images per class and
     freeze them (a per-class synthetic batch is too small to estimate them)."""
     bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
