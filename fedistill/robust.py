@@ -25,8 +25,8 @@ are a minority, even when they collude):
    blamed); rejected when its deficit exceeds the median deficit by
    ``max(min_gap, z_accuracy · 1.4826 · MAD)``. It needs ``n`` trainings on ``n − 1`` sets
    and breaks down sooner: with 2 of 5 clients flipping labels the honest clients' models
-   see half their training labels flipped (measured on digits: neither flipper rejected,
-   while the pairwise test rejects both).
+   see half their training labels flipped (measured on digits, IID, `random` sets, ConvNet
+   scorer: neither flipper rejected, while the pairwise test rejects both).
 2. **Feature statistics.** Per set: mean pixel, log pixel standard deviation, fraction of pixels
    outside the valid pixel range of the dataset, and roughness (mean neighbour difference over
    the standard deviation — noise is rough, digits are smooth). A set is rejected when a robust
