@@ -55,9 +55,9 @@ _KERNEL_KEYS = ("kernel", "depth", "w_var", "b_var", "reg", "label_encoding")
 
 @dataclass
 class KIPConfig:
-    # defaults: mnist-subset IPC 10 reaches 95.4 % KRR test accuracy in ~1 CPU minute
+    # defaults: mnist-subset IPC 10 reaches 95.2 % KRR test accuracy in ~1 CPU minute
     iterations: int = 800
-    lr_img: float = 0.04  # Adam learning rate for the support images (KIP's 4e-2)
+    lr_img: float = 0.01  # Adam learning rate for the support images (KIP: 4e-2)
     lr_label: float | None = None  # Adam learning rate for learned labels (None: lr_img)
     batch_target: int = 3000  # real target images per step (class-balanced)
     kernel: str = "ntk"  # "nngp" | "ntk" of the infinitely wide FC ReLU network
@@ -71,6 +71,7 @@ class KIPConfig:
     init: str = "real"
     label_encoding: str = "centered"  # "centered": one_hot − 1/K (KIP); "onehot"
     dtype: str = "float64"  # precision of the kernel computations
+    clip: bool = True  # keep learned pixels in the valid range (pixel values 0..1)
 
     def validate(self) -> None:
         if self.iterations < 0:
@@ -170,6 +171,10 @@ def distill_kip(
         params.append({"params": [y_s], "lr": config.lr_label or config.lr_img})
     opt = torch.optim.Adam(params)
 
+    mean = torch.tensor(real.info.mean, dtype=dtype, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(real.info.std, dtype=dtype, device=device).view(1, -1, 1, 1)
+    lo, hi = -mean / std, (1 - mean) / std  # pixel values 0 and 1 in the normalised space
+
     classes = present_classes(real)
     per_class = max(1, config.batch_target // len(classes))
     history: list[float] = []
@@ -186,8 +191,10 @@ def distill_kip(
             if mask is not None:
                 x_s.grad.masked_fill_(mask, 0.0)
             opt.step()
-            if mask is not None:
-                with torch.no_grad():
+            with torch.no_grad():
+                if config.clip:
+                    x_s.copy_(torch.minimum(torch.maximum(x_s, lo), hi))
+                if mask is not None:
                     x_s.copy_(torch.where(mask, frozen, x_s))
             history.append(loss.item())
             bar.advance(loss=history[-1], acc=acc.item())
