@@ -4,9 +4,9 @@ At the official settings (MNIST 28×28, ConvNet-128-3 instance norm, IPC 10, 256
 class per iteration, DSA on, torch with ``--threads`` threads) this times, interleaved round by
 round (ours, reference, ours, reference, …, after a warm-up of each):
 
-* ``ours``: :func:`fedistill.distill.dm.dm_iteration`, the exact step ``fedistill distill
-  --method dm`` runs (the real branch on ``--threads`` single-threaded workers, the rest on one
-  thread);
+* ``ours``: :class:`fedistill.distill.dm.DMLoop`, the loop ``fedistill distill --method dm``
+  runs (the real branch on ``--threads`` single-threaded workers, overlapping the synthetic
+  branch of the previous iteration on one thread);
 * ``reference-official``: :class:`experiments.dm_reference.ReferenceDM` with the official
   network (first convolution padded by 3, so 32×32 maps for MNIST);
 * ``reference-same-arch``: the same reference loop on fedistill's ConvNet (28×28 maps), which
@@ -44,28 +44,35 @@ from dm_reference import ReferenceDM
 from fedistill.augment import DSA, default_strategy
 from fedistill.data import load_dataset
 from fedistill.distill import get_method
-from fedistill.distill._common import init_images, present_classes, seeded
+from fedistill.distill._common import init_images, seeded
 from fedistill.distill._fast_convnet import single_threaded
-from fedistill.distill.dm import dm_iteration
+from fedistill.distill.dm import DMLoop
 
 REFERENCES = ("official", "same-arch")
 
 
 def _ours(real, ipc: int, batch_real: int, fast: bool, seed: int) -> Callable[[], float]:
+    """One iteration of distill_dm's loop per call. The loop starts the next iteration's real
+    branch before updating the images; each call waits for it, so every timed call holds one
+    real branch and one synthetic branch and no work spills into the reference's turn."""
     config = get_method("dm").make_config(batch_real=batch_real, fast_embed=fast)
     gen = seeded(seed)
-    classes = present_classes(real)
     images, _ = init_images(real, ipc, config.init, gen)
     syn = images.requires_grad_(True)
     optimizer = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
     augment = DSA(config.dsa_strategy or default_strategy(real.info))
     workers = torch.get_num_threads()
+    with single_threaded():
+        loop = DMLoop(
+            real, syn, optimizer, config, gen, augment=augment, workers=workers, iterations=10**9
+        )
+        loop.upcoming.means()
 
     def step() -> float:  # as distill_dm's loop runs it
         with single_threaded():
-            return dm_iteration(
-                real, syn, optimizer, classes, config, augment, gen, workers=workers
-            )
+            loss = loop.step()
+            loop.upcoming.means()
+        return loss
 
     return step
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -136,6 +137,59 @@ def class_means(emb: Tensor, num_classes: int) -> Tensor:
     return emb.reshape(num_classes, -1, emb.shape[-1]).mean(1)
 
 
+@dataclass
+class RealTarget:
+    """One iteration's ψ, its DSA seed, and the real class means under ψ (maybe still being
+    computed on the workers: :meth:`means` waits for them)."""
+
+    net: nn.Module
+    seed: int
+    _pending: Callable[[], Tensor]
+    _means: Tensor | None = None
+
+    def means(self) -> Tensor:
+        if self._means is None:
+            self._means = self._pending()
+        return self._means
+
+
+def real_target(
+    net: nn.Module,
+    x_real: Tensor,
+    num_classes: int,
+    *,
+    augment: DSA | None = None,
+    seed: int = 0,
+    fast: bool = True,
+    workers: int = 1,
+) -> RealTarget:
+    """Start the real branch: mean ψ(A_ω_c(B_c)) per class for ``x_real`` grouped by class.
+
+    ``fast`` embeds with :func:`start_frozen_embed` (on ``workers`` threads, returning at
+    once), else with ``ψ.embed``."""
+    if augment is not None:
+        groups = torch.arange(num_classes).repeat_interleave(len(x_real) // num_classes)
+        x_real = augment(x_real, seed=seed, groups=groups)
+    if fast:
+        pending = start_frozen_embed(net, x_real, DEFAULT_CHUNK, workers=workers)
+        return RealTarget(net, seed, lambda: class_means(pending(), num_classes))
+    with torch.no_grad():
+        means = class_means(net.embed(x_real), num_classes)
+    return RealTarget(net, seed, lambda: means)
+
+
+def synthetic_loss(
+    target: RealTarget, x_syn: Tensor, num_classes: int, augment: DSA | None = None
+) -> Tensor:
+    """Σ_c ‖real mean_c − mean ψ(A_ω_c(S_c))‖², differentiable in ``x_syn`` (grouped by class;
+    block ``c`` gets the same DSA draw as the real block ``c``)."""
+    if augment is not None:
+        groups = torch.arange(num_classes).repeat_interleave(len(x_syn) // num_classes)
+        x_syn = augment(x_syn, seed=target.seed, groups=groups)
+    mean_syn = class_means(target.net.embed(x_syn), num_classes)
+    return ((target.means() - mean_syn) ** 2).sum()
+
+
 def dm_loss(
     net: nn.Module,
     x_real: Tensor,
@@ -151,24 +205,11 @@ def dm_loss(
 
     ``x_real`` holds ``num_classes`` equal blocks of real images, ``x_syn`` the matching blocks
     of synthetic images; with ``augment``, block ``c`` of both gets the same DSA draw (seeded by
-    ``seed``). Differentiable in ``x_syn`` only. ``fast`` embeds the real batch with
-    :func:`frozen_embed` (on ``workers`` threads, while this thread embeds the synthetic
-    batch), else with ``ψ.embed``."""
-    real_groups = torch.arange(num_classes).repeat_interleave(len(x_real) // num_classes)
-    syn_groups = torch.arange(num_classes).repeat_interleave(len(x_syn) // num_classes)
-    if augment is not None:
-        x_real = augment(x_real, seed=seed, groups=real_groups)
-    if fast:
-        real_emb = start_frozen_embed(net, x_real, DEFAULT_CHUNK, workers=workers)
-    else:
-        with torch.no_grad():
-            plain = net.embed(x_real)
-        real_emb = lambda: plain  # noqa: E731
-    if augment is not None:
-        x_syn = augment(x_syn, seed=seed, groups=syn_groups)
-    mean_syn = class_means(net.embed(x_syn), num_classes)
-    mean_real = class_means(real_emb(), num_classes)
-    return ((mean_real - mean_syn) ** 2).sum()
+    ``seed``). Differentiable in ``x_syn`` only."""
+    target = real_target(
+        net, x_real, num_classes, augment=augment, seed=seed, fast=fast, workers=workers
+    )
+    return synthetic_loss(target, x_syn, num_classes, augment)
 
 
 def _frozen(net: nn.Module) -> nn.Module:
@@ -189,42 +230,72 @@ def _perturbed(base: nn.Module, std: float, gen: torch.Generator) -> nn.Module:
     return net
 
 
-def dm_iteration(
-    real: LabeledImages,
-    syn: Tensor,
-    optimizer: torch.optim.Optimizer,
-    classes: list[int],
-    config: DMConfig,
-    augment: DSA | None,
-    gen: torch.Generator,
-    *,
-    base: nn.Module | None = None,
-    workers: int = 1,
-) -> float:
-    """One iteration of the algorithm box: draw ψ (fresh, or ``base`` perturbed), sample the
-    real batches, one DSA draw per class, one SGD step on ``syn``; returns the loss."""
-    if base is None:  # a fresh random network, from torch's (seeded) global RNG
-        net = _frozen(build_model(config.model, real.info, **config.model_kwargs(real.info)))
-        net = net.to(syn.device).train()
-    else:
-        net = _perturbed(base, config.model_perturbation, gen)
-    idx = sample_per_class(real, config.batch_real, gen, classes)
-    x_real = real.images[idx].to(syn.device)
-    draw = int(torch.randint(2**31 - 1, (1,), generator=gen))
-    loss = dm_loss(
-        net,
-        x_real,
-        syn,
-        len(classes),
-        augment=augment,
-        seed=draw,
-        fast=config.fast_embed,
-        workers=workers,
-    )
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+class DMLoop:
+    """The iterations of the algorithm box, one per :meth:`step`, pipelined.
+
+    Iteration ``k + 1``'s ψ, real batches and real class means do not depend on the synthetic
+    images, so they are drawn (in the same order of random draws as a plain loop) and started
+    on the workers before iteration ``k`` updates the images: the real branch of the next
+    iteration overlaps the synthetic branch (forward and backward) of this one."""
+
+    def __init__(
+        self,
+        real: LabeledImages,
+        syn: Tensor,
+        optimizer: torch.optim.Optimizer,
+        config: DMConfig,
+        gen: torch.Generator,
+        *,
+        augment: DSA | None,
+        base: nn.Module | None = None,
+        workers: int = 1,
+        iterations: int | None = None,
+    ) -> None:
+        self.real, self.syn, self.optimizer, self.config, self.gen = (
+            real,
+            syn,
+            optimizer,
+            config,
+            gen,
+        )
+        self.augment, self.base, self.workers = augment, base, workers
+        self.classes = present_classes(real)
+        self.left = config.iterations if iterations is None else iterations  # targets to draw
+        self.upcoming = self._draw() if self.left > 0 else None
+
+    def _draw(self) -> RealTarget:
+        """ψ (fresh, or the given model perturbed), the real batches and the DSA seed."""
+        self.left -= 1
+        cfg, real = self.config, self.real
+        if self.base is None:  # a fresh random network, from torch's (seeded) global RNG
+            net = _frozen(build_model(cfg.model, real.info, **cfg.model_kwargs(real.info)))
+            net = net.to(self.syn.device).train()
+        else:
+            net = _perturbed(self.base, cfg.model_perturbation, self.gen)
+        idx = sample_per_class(real, cfg.batch_real, self.gen, self.classes)
+        x_real = real.images[idx].to(self.syn.device)
+        draw = int(torch.randint(2**31 - 1, (1,), generator=self.gen))
+        return real_target(
+            net,
+            x_real,
+            len(self.classes),
+            augment=self.augment,
+            seed=draw,
+            fast=cfg.fast_embed,
+            workers=self.workers,
+        )
+
+    def step(self) -> float:
+        """One SGD step on the synthetic images; returns the DM loss before it."""
+        if self.upcoming is None:
+            raise RuntimeError("no iterations left")
+        target = self.upcoming
+        self.upcoming = self._draw() if self.left > 0 else None
+        loss = synthetic_loss(target, self.syn, len(self.classes), self.augment)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
 
 
 # --------------------------------------------------------------------------- the method
@@ -245,7 +316,6 @@ def distill_dm(
     config.validate()
     device = torch.device(device)
     gen = seeded(seed)
-    classes = present_classes(real)
     images, labels = init_images(real, ipc, config.init, gen)
     syn = images.to(device).requires_grad_(True)
     optimizer = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
@@ -261,15 +331,15 @@ def distill_dm(
     # torch's thread count becomes the number of real-branch workers; everything else runs on
     # one intra-op thread (no OpenMP barriers; and the set does not depend on the thread count)
     workers = torch.get_num_threads()
+    k = len(present_classes(real))
     losses: list[float] = []
     with progress_bar("dm", config.iterations, progress) as bar, single_threaded():
+        loop = DMLoop(
+            real, syn, optimizer, config, gen, augment=augment, base=base, workers=workers
+        )
         for _ in range(config.iterations):
-            losses.append(
-                dm_iteration(
-                    real, syn, optimizer, classes, config, augment, gen, base=base, workers=workers
-                )
-            )
-            bar.advance(loss=losses[-1] / len(classes))
+            losses.append(loop.step())
+            bar.advance(loss=losses[-1] / k)
 
     tail = max(1, min(10, len(losses) // 2))
     extra = {}
