@@ -7,6 +7,7 @@ import torch
 
 from fedistill.distill import distill, get_method
 from fedistill.distill.dc import (
+    ChunkedGradients,
     DCConfig,
     get_loops,
     layer_distance,
@@ -25,8 +26,8 @@ EVAL = EvalConfig(epochs=60, num_models=2, dsa=False)
 
 @pytest.fixture(autouse=True)
 def _one_thread(_two_threads):
-    """DC on tiny digits nets is thousands of small ops: a second thread only adds
-    synchronisation, and spins badly when the 2 cores are shared."""
+    """Tiny digits nets are thousands of small ops: in the evaluation's training a second
+    OpenMP thread only adds barriers, which spin badly when the 2 cores are shared."""
     torch.set_num_threads(1)
 
 
@@ -54,6 +55,21 @@ def test_layer_distance_is_zero_for_identical_gradients_and_positive_otherwise()
     # scale-invariant per row, and biases are ignored as in the reference
     assert float(layer_distance(3 * grads[0], grads[0])) == pytest.approx(0.0, abs=1e-4)
     assert float(layer_distance(-grads[1], grads[1])) == 0.0
+
+
+def test_chunked_gradient_equals_the_whole_batch_gradient_for_any_worker_count(digits_train):
+    torch.manual_seed(0)
+    net = build_model("convnet", digits_train.info, width=16, depth=2)
+    params = list(net.parameters())
+    x, y = digits_train.images[:37], digits_train.labels[:37]
+    whole = torch.autograd.grad(torch.nn.functional.cross_entropy(net(x), y), params)
+    one = ChunkedGradients(workers=1, chunk=8).start(net, params, x, y)()
+    pool = ChunkedGradients(workers=2, chunk=8)
+    two = pool.start(net, params, x, y)()
+    pool.close()
+    for a, b, w in zip(one, two, whole, strict=True):
+        assert torch.equal(a, b)  # fixed pieces summed in order: workers do not matter
+        assert torch.allclose(a, w, atol=1e-6, rtol=1e-4)
 
 
 def test_get_loops_follows_the_reference_schedule():
@@ -116,6 +132,16 @@ def test_same_seed_same_set_and_dsa_differs(digits_train):
     assert torch.isfinite(c.images).all() and not torch.equal(a.images, c.images)
     d = distill("dsa", digits_train, 2, seed=3, **kw)
     assert torch.equal(c.images, d.images)
+
+
+def test_set_does_not_depend_on_the_thread_count(digits_train):
+    sets = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        sets.append(distill("dsa", digits_train, 2, seed=1, iterations=1, **SMALL))
+        assert torch.get_num_threads() == threads  # restored after the run
+    torch.set_num_threads(1)
+    assert torch.equal(sets[0].images, sets[1].images)
 
 
 def test_only_present_classes_are_distilled(digits_train):
