@@ -7,12 +7,15 @@ on real images must match their labels (survey Eq. 8)::
 
     init   X_s ← ipc real images of every present class (or noise);  y_s ← encoded labels
     KIP-ρ  in each image a fixed random fraction ρ of the pixels is replaced by noise
-           N(0, 1) in the normalised space (the data's own mean and std) and never updated
+           N(0, 1) in the normalised space (the data's own mean and std; truncated to the
+           valid pixel range with ``clip``) and never updated
     repeat iterations times:
         (X_t, y_t) ← a class-balanced batch of real images
         ŷ_t ← K(X_t, X_s) (K(X_s, X_s) + λ tr(K_ss)/n I)⁻¹ y_s       kernel: NNGP or NTK of an
         L ← ½ mean (ŷ_t − y_t)²                                        infinitely wide FC ReLU net
         Adam step on X_s (and y_s if labels are learned); ρ pixels: gradient masked, values restored
+        clip: learned pixels projected onto the valid range 0..1 (ours: KIP has no such step;
+              it keeps the images image-like and transfers better to finite ConvNets)
 
 Labels are encoded as ``one_hot − 1/K`` (centred, as KIP) or plain one-hot. Unlearned labels
 are saved as hard class ids; learned ones are KRR regression targets (``label_kind
@@ -71,7 +74,7 @@ class KIPConfig:
     init: str = "real"
     label_encoding: str = "centered"  # "centered": one_hot − 1/K (KIP); "onehot"
     dtype: str = "float64"  # precision of the kernel computations
-    clip: bool = True  # keep learned pixels in the valid range (pixel values 0..1)
+    clip: bool = True  # keep pixels (learned ones and ρ noise) in the valid range 0..1
 
     def validate(self) -> None:
         if self.iterations < 0:
@@ -105,11 +108,26 @@ def encode_labels(labels: Tensor, num_classes: int, encoding: str = "centered") 
     return y - 1.0 / num_classes if encoding == "centered" else y
 
 
-def rho_corruption(shape: tuple[int, ...], rho: float, seed: int) -> tuple[Tensor, Tensor]:
+def pixel_bounds(
+    mean: tuple[float, ...] | list[float], std: tuple[float, ...] | list[float]
+) -> tuple[Tensor, Tensor]:
+    """Pixel values 0 and 1 in the normalised space, per channel (1×C×1×1 float32)."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return -m / s, (1 - m) / s
+
+
+def rho_corruption(
+    shape: tuple[int, ...],
+    rho: float,
+    seed: int,
+    bounds: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
     """KIP-ρ's fixed corruption of N×C×H×W images: a boolean mask selecting, in every image,
-    ``round(ρ·H·W)`` pixel positions (all channels) drawn at random, and the N(0, 1) noise
-    (normalised space) they hold. A function of ``(shape, ρ, seed)`` alone, so the mask of a
-    saved set can be rebuilt from its provenance."""
+    ``round(ρ·H·W)`` pixel positions (all channels) drawn at random, and the noise they hold:
+    N(0, 1) in the normalised space, i.e. the data's own per-channel mean and std, truncated to
+    ``bounds`` (the valid pixel range) where given. A function of its arguments alone, so the
+    mask of a saved set can be rebuilt from its provenance (:func:`rho_mask_of`)."""
     n, c, h, w = shape
     gen = torch.Generator().manual_seed(seed)
     m = round(rho * h * w)
@@ -118,7 +136,19 @@ def rho_corruption(shape: tuple[int, ...], rho: float, seed: int) -> tuple[Tenso
     mask.scatter_(1, order[:, :m], True)
     mask = mask.view(n, 1, h, w).expand(n, c, h, w).contiguous()
     noise = torch.randn(n, c, h, w, generator=gen)
+    if bounds is not None:
+        noise = torch.minimum(torch.maximum(noise, bounds[0]), bounds[1])
     return mask, noise
+
+
+def rho_mask_of(syn: SyntheticSet) -> tuple[Tensor, Tensor] | None:
+    """The ρ mask and noise of a KIP-ρ set, rebuilt from its provenance (None without ρ)."""
+    priv = syn.privacy or {}
+    if priv.get("mechanism") != "kip-rho":
+        return None
+    hp = syn.meta.get("hyperparameters") or {}
+    bounds = pixel_bounds(syn.meta["mean"], syn.meta["std"]) if hp.get("clip") else None
+    return rho_corruption(tuple(syn.images.shape), priv["rho"], priv["mask_seed"], bounds)
 
 
 def kip_loss(
@@ -159,7 +189,8 @@ def distill_kip(
     # its own stream: the mask must not replay the draws that picked the initial images
     mask_seed = seed + MASK_SEED_OFFSET if config.mask_seed is None else config.mask_seed
     if config.rho > 0:  # KIP-ρ: a fixed fraction of every image is noise, forever
-        mask, noise = rho_corruption(tuple(images.shape), config.rho, mask_seed)
+        bounds = pixel_bounds(real.info.mean, real.info.std) if config.clip else None
+        mask, noise = rho_corruption(tuple(images.shape), config.rho, mask_seed, bounds)
         images = torch.where(mask, noise, images)
         mask = mask.to(device)
     x_s = images.to(device, dtype).requires_grad_(True)
@@ -171,9 +202,7 @@ def distill_kip(
         params.append({"params": [y_s], "lr": config.lr_label or config.lr_img})
     opt = torch.optim.Adam(params)
 
-    mean = torch.tensor(real.info.mean, dtype=dtype, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(real.info.std, dtype=dtype, device=device).view(1, -1, 1, 1)
-    lo, hi = -mean / std, (1 - mean) / std  # pixel values 0 and 1 in the normalised space
+    lo, hi = (b.to(device, dtype) for b in pixel_bounds(real.info.mean, real.info.std))
 
     classes = present_classes(real)
     per_class = max(1, config.batch_target // len(classes))

@@ -13,6 +13,7 @@ from fedistill.distill.kip import (
     kip_accuracy,
     kip_loss,
     rho_corruption,
+    rho_mask_of,
 )
 from fedistill.errors import ConfigError
 from fedistill.synthetic import SyntheticSet
@@ -58,7 +59,7 @@ def test_rho_pixels_are_bit_identical_after_distillation(digits_train, digits_te
     priv = syn.privacy
     assert priv["mechanism"] == "kip-rho" and priv["rho"] == rho
     # the mask and its noise are rebuilt from the provenance alone
-    mask, noise = rho_corruption(tuple(syn.images.shape), rho, priv["mask_seed"])
+    mask, noise = rho_mask_of(syn)
     h, w = syn.images.shape[2:]
     assert (mask.flatten(1).sum(1) == round(rho * h * w)).all()
     assert priv["pixels_fixed_per_image"] == round(rho * h * w)
@@ -75,16 +76,20 @@ def test_rho_pixels_are_bit_identical_after_distillation(digits_train, digits_te
 
 def test_clip_keeps_learned_pixels_valid_and_noise_fixed(digits_train):
     syn = distill("kip", digits_train, 1, seed=2, rho=0.3, clip=True, **(FAST | {"iterations": 15}))
-    mask, noise = rho_corruption(tuple(syn.images.shape), 0.3, syn.privacy["mask_seed"])
+    mask, noise = rho_mask_of(syn)
     info = digits_train.info
     lo, hi = -info.mean[0] / info.std[0], (1 - info.mean[0]) / info.std[0]
-    free = syn.images[~mask]
-    assert free.min() >= lo - 1e-5 and free.max() <= hi + 1e-5
+    assert syn.images.min() >= lo - 1e-5 and syn.images.max() <= hi + 1e-5  # noise too
     assert torch.equal(syn.images[mask], noise[mask])
+    # without clipping the noise is plain N(0, 1) in the normalised space
+    raw = distill("kip", digits_train, 1, seed=2, rho=0.3, clip=False, iterations=0)
+    mask0, noise0 = rho_corruption(tuple(raw.images.shape), 0.3, raw.privacy["mask_seed"])
+    assert torch.equal(rho_mask_of(raw)[1], noise0) and torch.equal(mask0, mask)
+    assert torch.equal(raw.images[mask0], noise0[mask0]) and noise0.min() < lo - 0.5
 
 
 def test_no_privacy_record_without_rho(kip_pair):
-    assert kip_pair[1].privacy is None
+    assert kip_pair[1].privacy is None and rho_mask_of(kip_pair[1]) is None
 
 
 def test_same_seed_same_set(digits_train):
