@@ -69,6 +69,18 @@ def _partition_of(msg: Message) -> int | None:
         return None
 
 
+def replies_by_node(sent: Iterable[Message], replies: Iterable[Message]) -> dict[int, Message]:
+    """Replies keyed by the node each answers for. A node's own reply names it as the source; an
+    error the SuperLink writes for a node that went away (node unavailable) comes from the
+    SuperLink itself, so it is matched through the message it replies to."""
+    to_node = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
+    out: dict[int, Message] = {}
+    for r in replies:
+        node = to_node.get(r.metadata.reply_to_message_id, r.metadata.src_node_id)
+        out[node] = r
+    return out
+
+
 def _drop(node: int, reason: str, msg: Message | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"node_id": node, "reason": reason}
     if msg is not None and msg.has_error():
@@ -135,10 +147,9 @@ def run_feddm(
             for n in nodes
         ]
         t_send = time.perf_counter()
-        replies = {
-            r.metadata.src_node_id: r
-            for r in grid.send_and_receive(messages, timeout=s.reply_timeout)
-        }
+        replies = replies_by_node(
+            messages, grid.send_and_receive(messages, timeout=s.reply_timeout)
+        )
         log.info(
             "[FedDM round %d] %d/%d replies in %.1f s",
             rnd,
@@ -261,6 +272,7 @@ class CheckedFedAvg(FedAvg):
         self.section, self.settings = section, s
         self.nodes = set(nodes) if nodes is not None else None
         self._sent: list[int] = []
+        self._messages: list[Message] = []
         self._reference: ArrayRecord | None = None
         self._pending: dict[str, Any] = {}
 
@@ -271,6 +283,7 @@ class CheckedFedAvg(FedAvg):
         if self.nodes is not None:  # e.g. the baseline skips nodes that went silent before
             messages = [m for m in messages if m.metadata.dst_node_id in self.nodes]
         self._sent = [m.metadata.dst_node_id for m in messages]
+        self._messages = messages  # the grid stamps their message ids when it pushes them
         self._reference = arrays
         self._pending = {"down": arrays.count_bytes() * len(messages), "t0": time.perf_counter()}
         return messages
@@ -280,7 +293,7 @@ class CheckedFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         t0 = time.perf_counter()
         replies = list(replies)
-        got = {r.metadata.src_node_id: r for r in replies}
+        got = replies_by_node(self._messages, replies)
         clients: dict[int, dict[str, Any]] = {}
         dropped: list[dict[str, Any]] = []
         contents: list[RecordDict] = []
