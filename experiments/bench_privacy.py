@@ -38,13 +38,17 @@ IPC = 10
 DELTA = 1e-5
 
 # DP-PSG's CPU budget (the reference runs 1,000 × 10 × 10 private steps with ConvNet-128 on a
-# GPU): here ``iterations × outer_loop × batch_loop`` private steps with a narrower ConvNet for
+# GPU): PSGConfig's defaults, stated here: 20 × 10 × 2 = 400 private steps with a ConvNet-32 for
 # distillation; evaluation always uses the standard ConvNet-128-3.
 PSG_BUDGET: dict[str, Any] = {
-    "iterations": 30,
+    "iterations": 20,
     "outer_loop": 10,
-    "batch_loop": 1,
-    "inner_loop": 10,
+    "batch_loop": 2,
+    "inner_loop": 5,
+    "width": 32,
+    "lr_img": 10.0,
+    "clip": 0.1,
+    "batch_real": 256,
 }
 KIP_BUDGET: dict[str, Any] = {"iterations": 200}
 DM_BUDGET: dict[str, Any] = {"iterations": 200}
@@ -142,6 +146,84 @@ def run_one(spec, train, test, eval_cfg, seed, device) -> dict[str, Any]:
         rec["distill_seconds"],
     )
     return rec
+
+
+def reference_rows(
+    path: Path, seed: int, dm_budget: dict[str, Any], eval_cfg: Any
+) -> dict[str, dict[str, Any]]:
+    """The ``random`` and ``DM`` rows of a bench_distill.json at IPC 10: the same sets
+    (same method, budget and seed) evaluated with the same protocol, so not run twice."""
+    import json
+    import re
+
+    doc = json.loads(path.read_text())
+    m = re.search(r"--seed[ =](\d+)", doc.get("command", ""))
+    used_seed = int(m.group(1)) if m else 0  # bench_distill's default seed
+    out: dict[str, dict[str, Any]] = {}
+    for r in doc.get("results", []):
+        if r.get("ipc") != IPC or "error" in r or r["method"] not in ("random", "dm"):
+            continue
+        if r["method"] == "dm" and r["iterations"] != dm_budget.get("iterations"):
+            continue
+        if r.get("eval_epochs") != eval_cfg.epochs or used_seed != seed:
+            continue
+        label = "random" if r["method"] == "random" else "DM"
+        out[label] = {
+            "label": label,
+            "method": r["method"],
+            "family": "reference",
+            "overrides": {"iterations": r["iterations"]} if r["iterations"] else {},
+            "source": f"{path.name}: {doc.get('command', '')}",
+            "distill_seconds": round(r["distill_seconds"], 2),
+            "iterations": r["iterations"],
+            "privacy": {},
+            "epsilon": None,
+            "rho": None,
+            "accuracy_mean": r["accuracy_mean"],
+            "accuracy_std": r["accuracy_std"],
+            "accuracies": r["accuracies"],
+            "eval_models": r.get("eval_models"),
+        }
+    return out
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(root: str, threads: int) -> None:
+    import torch
+
+    from fedistill.data import load_dataset
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("fedistill", "opacus"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _WORKER["train"] = load_dataset("mnist", root, train=True)
+    _WORKER["test"] = load_dataset("mnist", root, train=False)
+
+
+def _worker_run(spec, eval_cfg, seed, device) -> dict[str, Any]:
+    return run_one(spec, _WORKER["train"], _WORKER["test"], eval_cfg, seed, device)
+
+
+def run_parallel(specs, args, eval_cfg) -> list[dict[str, Any]]:
+    """``run_one`` for every spec in ``args.jobs`` processes of one thread each, in order."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    # longest first, so the last job does not run alone: DP-PSG, then KIP, then references
+    order = sorted(range(len(specs)), key=lambda i: ("psg", "kip").index(specs[i]["family"])
+                   if specs[i]["family"] in ("psg", "kip") else 2)  # fmt: skip
+    with ProcessPoolExecutor(
+        args.jobs,
+        mp_context=mp.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(args.data_root, 1),
+    ) as pool:
+        futures = {i: pool.submit(_worker_run, specs[i], eval_cfg, args.seed, args.device)
+                   for i in order}  # fmt: skip
+        return [futures[i].result() for i in range(len(specs))]
 
 
 def step_cost(train, psg_overrides: dict[str, Any], repeats: int, seed: int) -> dict[str, Any]:
@@ -276,6 +358,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", help="run only these labels' families (psg kip reference)")
     p.add_argument("--step-repeats", type=int, default=None)
     p.add_argument("--out", default=None, help="JSON path (default experiments/results/...)")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="runs at once, each in its own process (1 thread)"
+    )
+    p.add_argument(
+        "--models", type=int, default=None, help=f"evaluation models (default {EVAL['num_models']})"
+    )
+    p.add_argument(
+        "--references-from",
+        default=None,
+        metavar="JSON",
+        help="take the random and DM rows from bench_distill.json (IPC 10, same seed, DM "
+        "budget and evaluation) instead of running them again",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("fedistill", "opacus"):
@@ -293,9 +388,23 @@ def main(argv: list[str] | None = None) -> int:
     train = load_dataset("mnist", root, train=True)
     test = load_dataset("mnist", root, train=False)
     eval_cfg = EvalConfig(**(QUICK_EVAL if args.quick else EVAL))
+    if args.models:
+        eval_cfg.num_models = args.models
     specs = [s for s in runs(args.quick) if not args.only or s["family"] in args.only]
+    if args.references_from:  # read when the runs are done: bench_distill may still be running
+        specs = [s for s in specs if s["family"] != "reference"]
     t0 = time.perf_counter()
-    records = [run_one(s, train, test, eval_cfg, args.seed, args.device) for s in specs]
+    if args.jobs > 1:
+        records = run_parallel(specs, args, eval_cfg)
+    else:
+        records = [run_one(s, train, test, eval_cfg, args.seed, args.device) for s in specs]
+    if args.references_from:
+        dm = QUICK_DM if args.quick else DM_BUDGET
+        path = Path(args.references_from)
+        if path.is_file():
+            records = [*reference_rows(path, args.seed, dm, eval_cfg).values(), *records]
+        else:
+            logging.warning("%s not found: the table has no random/DM reference rows", path)
     psg = QUICK_PSG if args.quick else PSG_BUDGET
     repeats = args.step_repeats or (2 if args.quick else 10)
     cost = step_cost(train, psg, repeats, args.seed)
