@@ -566,6 +566,28 @@ def plot(alpha_runs: dict[str, Any], out_dir: Path) -> list[Path]:
     return paths
 
 
+def flower_only(args: argparse.Namespace) -> int:
+    """Re-run only the Flower overhead measurement into an existing bench_federated.json."""
+    out = args.out_dir / "bench_federated.json"
+    if not out.is_file():
+        print(f"error: {out} not found: run the benchmark first", file=sys.stderr)
+        return 2
+    doc = json.loads(out.read_text())
+    b = Budget(**{k: tuple(v) if k == "alphas" else v for k, v in doc["budget"].items()})
+    load = os.getloadavg()[0]
+    try:
+        flower = flower_overhead(args.data_root, b, args.seed)
+    except (FedistillError, OSError, subprocess.SubprocessError) as err:
+        flower = {"error": str(err)}
+    flower["command"] = " ".join([Path(sys.executable).name, *sys.argv])
+    flower["load_average_before"] = load
+    doc["flower"] = flower
+    doc["targets"]["flower_overhead_seconds"] = flower.get("overhead_seconds")
+    out.write_text(json.dumps(doc, indent=2, default=str))
+    print(f"flower: {flower.get('overhead_seconds', flower.get('error'))}; rewrote {out}")
+    return 0 if "overhead_seconds" in flower else 1
+
+
 # ------------------------------------------------------------------------------ main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -590,6 +612,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the α values in this many processes (1 thread each)",
     )
     p.add_argument("--no-flower", action="store_true", help="skip the real Flower run")
+    p.add_argument(
+        "--flower-only",
+        action="store_true",
+        help="only the real Flower run, with the budget of the existing bench_federated.json in "
+        "--out-dir, whose flower entry it replaces (e.g. to re-measure on a quiet machine)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: 1 with --quick, else 2)")
     return p.parse_args(argv)
@@ -630,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.flower_only:
+        return flower_only(args)
     b = budget_from(args)
     print("$ " + " ".join([Path(sys.executable).name, *sys.argv]), flush=True)
     try:
