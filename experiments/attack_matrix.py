@@ -1,6 +1,6 @@
 """The attack matrix on the MNIST subset: experiments/audit.toml → experiments/results/attack_matrix.
 
-    python experiments/attack_matrix.py                 # the README's matrix (~15 min, 2 quiet cores)
+    python experiments/attack_matrix.py                 # the README's matrix (~10 CPU-min)
     python experiments/attack_matrix.py --quick --out /tmp/attack_matrix    # reduced budgets
     python experiments/attack_matrix.py --config experiments/audit_quick.toml --out /tmp/aq
 
