@@ -73,10 +73,14 @@ def replies_by_node(sent: Iterable[Message], replies: Iterable[Message]) -> dict
     """Replies keyed by the node each answers for. A node's own reply names it as the source; an
     error the SuperLink writes for a node that went away (node unavailable) comes from the
     SuperLink itself, so it is matched through the message it replies to."""
-    to_node = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
+    sent = list(sent)
+    dsts = {m.metadata.dst_node_id for m in sent}
+    to_node = {m.metadata.message_id: m.metadata.dst_node_id for m in sent if m.metadata.message_id}
     out: dict[int, Message] = {}
     for r in replies:
-        node = to_node.get(r.metadata.reply_to_message_id, r.metadata.src_node_id)
+        node = r.metadata.src_node_id
+        if node not in dsts:  # not from a node we asked: the SuperLink answering for one
+            node = to_node.get(r.metadata.reply_to_message_id, node)
         out[node] = r
     return out
 
