@@ -67,6 +67,15 @@ def distill_table() -> str:
             f"{_pct(r['accuracy_mean'], r['accuracy_std'])} | {r['distill_seconds']:.0f} | {spi} | "
             f"{r['peak_rss_mib']:.0f} |"
         )
+    acc = {(r["method"], r["ipc"]): r["accuracy_mean"] for r in rows}
+    gains = [
+        f"{m.upper()} IPC {ipc} {100 * (acc[(m, ipc)] - acc[('random', ipc)]):+.1f}"
+        for m in ("dm", "dc", "dsa")
+        for ipc in (1, 10)
+        if (m, ipc) in acc and ("random", ipc) in acc
+    ]
+    if gains:
+        lines += ["", "Points over `random` at the same IPC: " + ", ".join(gains) + "."]
     lines += [
         "",
         f"Evaluation: ConvNet-128-3 (instance norm), {ev.get('eval_epochs', '?')} epochs, "
