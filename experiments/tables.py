@@ -234,6 +234,23 @@ def privacy_table() -> str:
             f"{'—' if rho is None else f'{rho:g}'} | {_pct(r['accuracy_mean'], r['accuracy_std'])} | "
             f"{'—' if krr is None else _pct(krr)} | {r['distill_seconds']:.0f} |"
         )
+    acc = {r["label"]: r for r in d["runs"] if "accuracy_mean" in r}
+    checks = []
+    if {"KIP ρ=0", "random"} <= acc.keys():
+        k0, rnd = acc["KIP ρ=0"], acc["random"]
+        gap = 100 * (k0["accuracy_mean"] - rnd["accuracy_mean"])
+        checks.append(f"KIP ρ=0 vs random {gap:+.1f} points (target ≥ 0)")
+        if k0.get("krr_accuracy") is not None:
+            checks.append(f"KIP ρ=0 KRR {100 * k0['krr_accuracy']:.1f} % (target ≥ 95 %)")
+        if "KIP ρ=0.5" in acc:
+            gap = 100 * (acc["KIP ρ=0.5"]["accuracy_mean"] - k0["accuracy_mean"])
+            checks.append(f"KIP ρ=0.5 vs ρ=0 {gap:+.1f} points (target within 5)")
+    if "DP-PSG ε=10" in acc:
+        checks.append(
+            f"DP-PSG ε=10 {100 * acc['DP-PSG ε=10']['accuracy_mean']:.1f} % (target ≥ 70 %)"
+        )
+    if checks:
+        lines += ["", "Against the targets at this budget: " + "; ".join(checks) + "."]
     c = d.get("step_cost", {})
     lines += [
         "",
