@@ -304,7 +304,11 @@ def quickstart_output() -> str:
         [
             "What it printed here (2-core CPU; `fedistill run --results-dir experiments/results "
             "--run-name quickstart`, the same run with its results kept in the repository"
-            + (f"; {wall:.0f} s wall" if isinstance(wall, int | float) else "")
+            + (
+                f"; {wall:.0f} s wall inside the app, plus ~10 s of Python and Ray start-up"
+                if isinstance(wall, int | float)
+                else ""
+            )
             + "):",
             "",
             "```text",
