@@ -275,8 +275,7 @@ class CheckedFedAvg(FedAvg):
         super().__init__(fraction_evaluate=0.0, **kwargs)
         self.section, self.settings = section, s
         self.nodes = set(nodes) if nodes is not None else None
-        self._sent: list[int] = []
-        self._messages: list[Message] = []
+        self._messages: list[Message] = []  # the grid stamps their message ids when it pushes
         self._reference: ArrayRecord | None = None
         self._pending: dict[str, Any] = {}
 
@@ -286,8 +285,7 @@ class CheckedFedAvg(FedAvg):
         messages = list(super().configure_train(server_round, arrays, config, grid))
         if self.nodes is not None:  # e.g. the baseline skips nodes that went silent before
             messages = [m for m in messages if m.metadata.dst_node_id in self.nodes]
-        self._sent = [m.metadata.dst_node_id for m in messages]
-        self._messages = messages  # the grid stamps their message ids when it pushes them
+        self._messages = messages
         self._reference = arrays
         self._pending = {"down": arrays.count_bytes() * len(messages), "t0": time.perf_counter()}
         return messages
@@ -302,7 +300,7 @@ class CheckedFedAvg(FedAvg):
         dropped: list[dict[str, Any]] = []
         contents: list[RecordDict] = []
         up = 0
-        for node in self._sent:
+        for node in (m.metadata.dst_node_id for m in self._messages):
             msg = got.get(node)
             if msg is None:
                 dropped.append(_drop(node, "no reply within the timeout"))
