@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import sys
@@ -44,6 +45,12 @@ def machine() -> dict[str, Any]:
         "load_average_1m": os.getloadavg()[0],
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def command_option(command: str, name: str, default: int) -> int:
+    """The integer value of ``--name`` in a recorded benchmark command (``default`` if absent)."""
+    m = re.search(rf"--{re.escape(name)}[ =](\d+)", command)
+    return int(m.group(1)) if m else default
 
 
 def command_line() -> str:

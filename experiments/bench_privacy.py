@@ -32,7 +32,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _bench import DEFAULT_MNIST, RESULTS, command_line, machine, require_mnist, write_json
+from _bench import (
+    DEFAULT_MNIST,
+    RESULTS,
+    command_line,
+    command_option,
+    machine,
+    require_mnist,
+    write_json,
+)
 
 IPC = 10
 DELTA = 1e-5
@@ -154,11 +162,9 @@ def reference_rows(
     """The ``random`` and ``DM`` rows of a bench_distill.json at IPC 10: the same sets
     (same method, budget and seed) evaluated with the same protocol, so not run twice."""
     import json
-    import re
 
     doc = json.loads(path.read_text())
-    m = re.search(r"--seed[ =](\d+)", doc.get("command", ""))
-    used_seed = int(m.group(1)) if m else 0  # bench_distill's default seed
+    used_seed = command_option(doc.get("command", ""), "seed", 0)  # bench_distill's default: 0
     out: dict[str, dict[str, Any]] = {}
     for r in doc.get("results", []):
         if r.get("ipc") != IPC or "error" in r or r["method"] not in ("random", "dm"):
@@ -213,8 +219,8 @@ def run_parallel(specs, args, eval_cfg) -> list[dict[str, Any]]:
     from concurrent.futures import ProcessPoolExecutor
 
     # longest first, so the last job does not run alone: DP-PSG, then KIP, then references
-    order = sorted(range(len(specs)), key=lambda i: ("psg", "kip").index(specs[i]["family"])
-                   if specs[i]["family"] in ("psg", "kip") else 2)  # fmt: skip
+    rank = {"psg": 0, "kip": 1}
+    order = sorted(range(len(specs)), key=lambda i: rank.get(specs[i]["family"], 2))
     with ProcessPoolExecutor(
         args.jobs,
         mp_context=mp.get_context("spawn"),
@@ -402,7 +408,14 @@ def main(argv: list[str] | None = None) -> int:
         dm = QUICK_DM if args.quick else DM_BUDGET
         path = Path(args.references_from)
         if path.is_file():
-            records = [*reference_rows(path, args.seed, dm, eval_cfg).values(), *records]
+            reused = reference_rows(path, args.seed, dm, eval_cfg)
+            if len(reused) < 2:
+                logging.warning(
+                    "%s: no random/DM row at IPC %d with this seed, DM budget and %d epochs; "
+                    "reused only %s",
+                    path, IPC, eval_cfg.epochs, sorted(reused) or "none",
+                )  # fmt: skip
+            records = [*reused.values(), *records]
         else:
             logging.warning("%s not found: the table has no random/DM reference rows", path)
     psg = QUICK_PSG if args.quick else PSG_BUDGET

@@ -16,6 +16,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from _bench import command_option
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
 
@@ -29,12 +31,6 @@ def _pct(mean: float | None, std: float | None = None) -> str:
     if mean is None:
         return "—"
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if std is not None else f"{100 * mean:.1f}"
-
-
-def _flag(d: dict, name: str, default: int) -> int:
-    """A numeric option of the command that wrote ``d`` (its default when not given)."""
-    m = re.search(rf"--{name}[ =](\d+)", d.get("command", ""))
-    return int(m.group(1)) if m else default
 
 
 def _missing(script: str) -> str:
@@ -51,8 +47,8 @@ def distill_table() -> str:
         "### Distillation on the MNIST subset (CPU)",
         "",
         f"`{d['command']}` → `experiments/results/bench_distill.json` "
-        f"({d['machine']['date']}, {_flag(d, 'jobs', 1)} run(s) at once, "
-        f"{_flag(d, 'threads', 2)} thread(s) each)",
+        f"({d['machine']['date']}, {command_option(d['command'], 'jobs', 1)} run(s) at once, "
+        f"{command_option(d['command'], 'threads', 2)} thread(s) each)",
         "",
         "| method | IPC | iterations (CPU budget) | test accuracy % (mean ± std) | distill s | s / iteration | peak RSS MiB |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -197,12 +193,11 @@ def federated_table() -> str:
         ]
     elif fl:
         lines += ["", f"Flower overhead run: not measured ({fl.get('error', fl.get('status'))})."]
-    lines += [
-        "",
-        "![accuracy vs bytes](experiments/results/federated_bytes.png)",
-        "![accuracy vs wall time](experiments/results/federated_time.png)",
+    plots = [
+        ("federated_bytes.png", "accuracy vs bytes"),
+        ("federated_time.png", "accuracy vs wall time"),
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + _plots(".", plots)
 
 
 def privacy_table() -> str:
@@ -271,8 +266,7 @@ def privacy_table() -> str:
             f"private vs {c['seconds_plain_step']:.3f} s plain = **{c['ratio_step']:.2f}×** "
             "(target < 3×).",
         ]
-    lines += ["", "![privacy-utility](experiments/results/privacy_utility.png)"]
-    return "\n".join(lines)
+    return "\n".join(lines) + _plots(".", [("privacy_utility.png", "privacy-utility")])
 
 
 def _generic(name: str, script: str, title: str) -> Callable[[], str]:
@@ -328,7 +322,8 @@ def _plots(folder: str, names: list[tuple[str, str]]) -> str:
     found = [(n, alt) for n, alt in names if (RESULTS / folder / n).is_file()]
     if not found:
         return ""
-    return "\n\n" + "\n".join(f"![{alt}](experiments/results/{folder}/{n})" for n, alt in found)
+    prefix = "experiments/results" if folder == "." else f"experiments/results/{folder}"
+    return "\n\n" + "\n".join(f"![{alt}]({prefix}/{n})" for n, alt in found)
 
 
 def attacks_table() -> str:
