@@ -20,6 +20,8 @@ from _bench import command_option
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
+# the official main_DM.py's seconds per iteration at bench_dm_speed's settings, quiet (DESIGN.md)
+OFFICIAL_DM_SECONDS = 3.15
 
 
 def _load(name: str) -> dict | None:
@@ -112,16 +114,17 @@ def dm_speed_table() -> str:
             "",
             "_This run shared the 2 cores with other work (load average above), so the absolute "
             "seconds are inflated; the ratio comes from interleaved iterations in one process. "
-            "On a quiet machine the official DM code takes about 3.2–3.4 s per iteration at "
-            "these settings; re-run the command there for absolute figures._",
+            f"On a quiet machine the official DM code takes ≈ {OFFICIAL_DM_SECONDS} s per "
+            "iteration at these settings; re-run the command there for absolute figures._",
         ]
     ours = d["results"].get("ours", {}).get("median_s_per_iteration")
     if ours:
         lines += [
             "",
             f"Against the official code itself: the team measured the official `main_DM.py` at "
-            f"≈ 3.15 s per iteration at these settings on this machine, quiet (DESIGN.md); ours "
-            f"at {ours:.2f} s is {ours / 3.15:.2f}× that (target ≤ 0.6×). `reference-official` "
+            f"≈ {OFFICIAL_DM_SECONDS} s per iteration at these settings on this machine, quiet "
+            f"(DESIGN.md); ours at {ours:.2f} s is {ours / OFFICIAL_DM_SECONDS:.2f}× that "
+            "(target ≤ 0.6×). `reference-official` "
             "above re-creates that iteration's structure (per-class loop, autograd on the real "
             "branch, 32×32 maps) in `experiments/dm_reference.py` so both run interleaved in one "
             "process.",
