@@ -70,7 +70,11 @@ def _method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--delta", type=float, help="DP-PSG δ")
     g.add_argument("--clip", type=float, help="DP-PSG per-sample clipping norm C")
     g.add_argument("--accountant", choices=["rdp", "prv"])
-    g.add_argument("--kernel", choices=["nngp", "ntk"])
+    g.add_argument(
+        "--kernel",
+        choices=["convnet", "nngp", "ntk"],
+        help="KIP: the ConvNet's random-feature NNGP (default) or the FC NNGP/NTK",
+    )
     g.add_argument(
         "--option",
         "-o",

@@ -1,4 +1,10 @@
-"""Closed-form kernels of infinitely wide fully-connected ReLU networks, and kernel ridge regression.
+"""Kernels of infinitely wide networks, and kernel ridge regression.
+
+* :class:`FCKernel`: the NNGP and NTK of a fully-connected ReLU network, in closed form.
+* :class:`ConvNetRFKernel`: the NNGP of the ConvNet (conv, instance norm, ReLU, average pooling),
+  by random features.
+
+Fully-connected, in closed form.
 
 The network is the one of neural-tangents'
 ``stax.serial(Flatten(), [Dense(w, W_std, b_std), Relu()] * depth, Dense(k, W_std, b_std))``
@@ -22,6 +28,14 @@ while the kernel itself is smooth there in the NNGP case; both are implemented a
 functions with closed-form derivatives so that gradients with respect to either input stay
 finite, and ``c`` is clamped to ``[-1, 1]``.
 
+The ConvNet has no closed form here (pooling couples every pair of positions, so an exact
+convolutional kernel costs O(positions²) per image pair). Its NNGP is the limit of the Gram
+matrix of the features of randomly initialised networks as their width grows; with ``models``
+networks of ``width`` channels each, :class:`ConvNetRFKernel` is that random-feature
+approximation, ``K(x, x') = φ(x)·φ(x') / F`` with ``φ`` the concatenated embeddings (features
+before the classifier, ``F`` of them) — the kernel of RFAD (Loo, Hasani, Amini & Rus, "Efficient
+Dataset Distillation using Random Feature Approximation", NeurIPS 2022). A seed fixes the draw.
+
 Kernel ridge regression (survey Eq. 8) with support ``(X_s, y_s)`` predicts
 ``K_ts (K_ss + λ · tr(K_ss)/n · I)⁻¹ y_s``: the regulariser scales with the mean eigenvalue, as in
 KIP.
@@ -37,8 +51,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from fedistill.errors import ConfigError
+from fedistill.models import ConvNet
 
-KINDS = ("nngp", "ntk")
+KINDS = ("nngp", "ntk")  # the fully-connected kernels; "convnet" is ConvNetRFKernel
 
 
 class _ReluCov(torch.autograd.Function):
@@ -160,6 +175,65 @@ class FCKernel:
         return fc_kernel_diag(
             x, depth=self.depth, w_var=self.w_var, b_var=self.b_var, kind=self.kind
         )
+
+
+class ConvNetRFKernel:
+    """The random-feature NNGP of ConvNet-``width``-``depth`` (instance norm, the evaluator's
+    architecture): ``models`` networks drawn with PyTorch's default initialisation from
+    ``seed`` (the global RNG is left untouched), frozen. ``K(x1, x2) = φ(x1) φ(x2)ᵀ / F``;
+    differentiable with respect to the inputs. The networks run in float32 whatever the input
+    dtype; the Gram matrix comes back in the input's dtype."""
+
+    def __init__(
+        self,
+        channels: int,
+        image_size: tuple[int, int],
+        *,
+        width: int = 32,
+        depth: int = 3,
+        models: int = 4,
+        seed: int = 0,
+    ) -> None:
+        for name, value in (("width", width), ("depth", depth), ("models", models)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"convnet kernel: {name} must be an integer ≥ 1, got {value!r}")
+        self.channels, self.image_size = channels, tuple(image_size)
+        self.width, self.depth, self.models, self.seed = width, depth, models, seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            nets = [
+                ConvNet(channels, 1, self.image_size, width=width, depth=depth, norm="instance")
+                for _ in range(models)
+            ]
+        for net in nets:
+            net.requires_grad_(False).eval()
+        self._nets = nets
+
+    def redraw(self, seed: int) -> ConvNetRFKernel:
+        """The same kernel with networks drawn afresh from ``seed``."""
+        return ConvNetRFKernel(
+            self.channels,
+            self.image_size,
+            width=self.width,
+            depth=self.depth,
+            models=self.models,
+            seed=seed,
+        )
+
+    def features(self, x: Tensor) -> Tensor:
+        """``φ(x) / √F``: N×F, in ``x``'s dtype."""
+        if next(self._nets[0].parameters()).device != x.device:
+            self._nets = [net.to(x.device) for net in self._nets]
+        x32 = x.float()
+        phi = torch.cat([net.embed(x32) for net in self._nets], 1)
+        return (phi / math.sqrt(phi.shape[1])).to(x.dtype)
+
+    def __call__(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
+        f1 = self.features(x1)
+        return f1 @ (f1 if x2 is None else self.features(x2)).T
+
+    def diag(self, x: Tensor) -> Tensor:
+        return self.features(x).pow(2).sum(1)
 
 
 def krr_predict(k_ts: Tensor, k_ss: Tensor, y_s: Tensor, reg: float = 1e-6) -> Tensor:

@@ -9,6 +9,7 @@ import torch
 from fedistill.distill import distill, get_method
 from fedistill.distill.kip import (
     KIPConfig,
+    auto_rf_depth,
     encode_labels,
     kip_accuracy,
     kip_loss,
@@ -25,23 +26,31 @@ def _loss_on(syn: SyntheticSet, data, cfg: KIPConfig) -> float:
     y_t = encode_labels(data.labels, data.num_classes)
     y_s = encode_labels(syn.hard_labels(), syn.num_classes)
     loss, _ = kip_loss(
-        syn.images.double(), y_s, data.images.double(), y_t, cfg.kernel_fn(), cfg.reg
+        syn.images.double(),
+        y_s,
+        data.images.double(),
+        y_t,
+        cfg.kernel_fn(data.images.shape[1], tuple(data.images.shape[2:])),
+        cfg.reg,
     )
     return float(loss)
 
 
-@pytest.fixture(scope="module")
-def kip_pair(digits_train):
-    """The support at initialisation (0 iterations) and after KIP, same seed."""
-    start = distill("kip", digits_train, 2, seed=3, **(FAST | {"iterations": 0}))
-    end = distill("kip", digits_train, 2, seed=3, **FAST)
+@pytest.fixture(scope="module", params=["convnet", "ntk"])
+def kip_pair(request, digits_train):
+    """The support at initialisation (0 iterations) and after KIP, same seed, per kernel."""
+    kernel = request.param
+    start = distill("kip", digits_train, 2, seed=3, kernel=kernel, **(FAST | {"iterations": 0}))
+    end = distill("kip", digits_train, 2, seed=3, kernel=kernel, **FAST)
     return start, end
 
 
 def test_krr_loss_falls_and_accuracy_rises(kip_pair, digits_train, digits_test):
     start, end = kip_pair
-    cfg = KIPConfig()
-    # the objective on all training images (not just the sampled batches) falls by a third
+    cfg = KIPConfig(kernel=end.meta["hyperparameters"]["kernel"])
+    # the objective on all training images (not just the sampled batches) falls by a third;
+    # for the convnet kernel under its fixed rf_seed draw, which training never saw (it draws
+    # fresh networks every step), so the support fits the kernel, not one draw of it
     assert _loss_on(end, digits_train, cfg) < 0.67 * _loss_on(start, digits_train, cfg)
     assert end.meta["kip"]["final_loss"] < end.meta["kip"]["first_loss"]
     # and the learned support predicts held-out digits better than the real images it began as
@@ -126,6 +135,8 @@ def test_only_present_classes_are_distilled(digits_train):
         {"rho": 1.0},
         {"rho": -0.1},
         {"kernel": "rbf"},
+        {"rf_models": 0},
+        {"rf_width": 2.5},
         {"depth": -1},
         {"init": "zeros"},
         {"label_encoding": "signed"},
@@ -143,3 +154,22 @@ def test_noise_init_starts_from_no_real_image(digits_train):
     flat = digits_train.images.flatten(1)
     dists = torch.cdist(syn.images.flatten(1), flat)
     assert dists.min() > 1.0
+
+
+def test_convnet_predictor_is_rebuilt_from_the_file(digits_train, digits_test):
+    syn = distill("kip", digits_train, 2, seed=1, kernel="convnet", **(FAST | {"iterations": 10}))
+    hp = syn.meta["hyperparameters"]
+    assert hp["kernel"] == "convnet" and hp["rf_models"] == 4 and hp["rf_seed"] == 0
+    back = SyntheticSet.from_bytes(syn.to_bytes())
+    acc = kip_accuracy(syn, digits_test)
+    assert kip_accuracy(back, digits_test) == acc  # same fixed draw, same predictions
+    # another draw of the same kernel predicts about as well (the set fits the kernel)
+    other = kip_accuracy(back, digits_test, KIPConfig(kernel="convnet", rf_seed=7))
+    assert abs(other - acc) < 0.05 and acc > 0.7
+
+
+def test_auto_rf_depth_keeps_the_last_map_at_least_2x2():
+    assert auto_rf_depth((28, 28)) == 3  # the evaluator's ConvNet-3: 28 → 14 → 7 → 3
+    assert auto_rf_depth((32, 32)) == 3
+    assert auto_rf_depth((8, 8)) == 2  # digits: 8 → 4 → 2
+    assert auto_rf_depth((4, 4)) == 1
