@@ -6,7 +6,9 @@ subset's 997 test images:
 
 * DP-PSG (``psg``) at ε = 1 and ε = 10 (δ = 1e-5, RDP accountant), and without noise (σ = 0,
   ε = ∞) — the ε recorded is the one Opacus's accountant reads back for the steps that ran;
-* KIP-ρ (``kip``) at ρ = 0, 0.5, 0.9 (no (ε, δ): ρ is its privacy knob), with its KRR accuracy;
+* KIP-ρ (``kip``) at ρ = 0, 0.5, 0.9 (no (ε, δ): ρ is its privacy knob), with its KRR accuracy,
+  with the ConvNet's random-feature NNGP; and at ρ = 0 with KIP's fully-connected NTK, for
+  comparison;
 * ``random`` and ``dm`` as references.
 
 Also the step cost of DP-PSG against the same step without privacy: one matching step with the
@@ -18,6 +20,8 @@ Writes experiments/results/bench_privacy.json and experiments/results/privacy_ut
 
     python experiments/bench_privacy.py                 # the README's table (CPU: long)
     python experiments/bench_privacy.py --quick         # smoke run
+    python experiments/bench_privacy.py --only kip --keep-from experiments/results/bench_privacy.json
+                                  # re-run KIP only, keeping the other rows of an earlier run
 """
 
 from __future__ import annotations
@@ -58,12 +62,19 @@ PSG_BUDGET: dict[str, Any] = {
     "clip": 0.1,
     "batch_real": 256,
 }
-KIP_BUDGET: dict[str, Any] = {"iterations": 200}
+KIP_BUDGET: dict[str, Any] = {
+    "iterations": 200,
+    "kernel": "convnet",
+    "rf_width": 32,
+    "rf_models": 4,
+    "batch_target": 1000,
+}
+KIP_FC = {"kernel": "ntk", "batch_target": 3000}  # the FC comparison row: same steps
 DM_BUDGET: dict[str, Any] = {"iterations": 200}
 EVAL = {"epochs": 300, "num_models": 3}
 
 QUICK_PSG = {"iterations": 2, "outer_loop": 2, "batch_loop": 1, "inner_loop": 2, "width": 16}
-QUICK_KIP = {"iterations": 3, "batch_target": 200}
+QUICK_KIP = {"iterations": 3, "batch_target": 200, "kernel": "convnet", "rf_models": 1}
 QUICK_DM = {"iterations": 3, "batch_real": 32}
 QUICK_EVAL = {"epochs": 5, "num_models": 1}
 
@@ -102,6 +113,43 @@ def runs(quick: bool) -> list[dict[str, Any]]:
                 "overrides": kip | {"rho": rho},
             }
         )
+    out.append(
+        {
+            "label": "KIP (FC NTK) ρ=0",
+            "method": "kip",
+            "family": "kip",
+            "overrides": kip | KIP_FC | {"rho": 0.0},
+        }
+    )
+    return out
+
+
+FAMILIES = ("reference", "psg", "kip")
+
+
+def kept_rows(path: Path, run: set[str], seed: int, budgets: dict, eval_cfg: Any) -> list[dict]:
+    """The rows of an earlier bench_privacy.json for the families not run now, if it used the
+    same seed, budgets (of those families) and evaluation; each says where it came from."""
+    import json
+
+    doc = json.loads(path.read_text())
+    keep = set(FAMILIES) - run
+    problems = []
+    if doc.get("seed") != seed:
+        problems.append(f"seed {doc.get('seed')} (now {seed})")
+    if doc.get("eval") != dataclasses.asdict(eval_cfg):
+        problems.append("another evaluation")
+    for fam, key in (("psg", "psg"), ("reference", "dm")):
+        if fam in keep and doc.get("budgets", {}).get(key) != budgets[key]:
+            problems.append(f"another {key} budget")
+    if problems:
+        raise ValueError(f"{path}: cannot keep its rows: {', '.join(problems)}")
+    out = []
+    for r in doc.get("runs", []):
+        if r.get("family") in keep:
+            r = dict(r)
+            r.setdefault("source", f"{path.name}: {doc.get('command', '')}")
+            out.append(r)
     return out
 
 
@@ -328,7 +376,14 @@ def plot(records: list[dict[str, Any]], path: Path, title: str) -> Path:
     ax1.set_xlabel("ε (δ = 1e-5); ∞ = no noise")
     ax1.set_ylabel("test accuracy (ConvNet-128-3)")
     ax1.set_title("DP-PSG: accuracy against ε")
-    kip = sorted((r for r in done if r["family"] == "kip"), key=lambda r: r["rho"] or 0.0)
+    kip_rows = [r for r in done if r["family"] == "kip"]
+    fc = [r for r in kip_rows if r.get("overrides", {}).get("kernel") in ("ntk", "nngp")]
+    kip = sorted((r for r in kip_rows if r not in fc), key=lambda r: r["rho"] or 0.0)
+    for r in fc:  # the FC-kernel comparison rows: points beside the ρ curve, not on it
+        kind = r["overrides"]["kernel"].upper()
+        ax2.errorbar([r["rho"] or 0.0], [r["accuracy_mean"]], yerr=[r["accuracy_std"]],
+                     marker="^", capsize=3, ls="none", color="tab:purple",
+                     label=f"KIP, FC {kind} (ConvNet)")  # fmt: skip
     if kip:
         ax2.errorbar([r["rho"] or 0.0 for r in kip], [r["accuracy_mean"] for r in kip],
                      yerr=[r["accuracy_std"] for r in kip], marker="s", capsize=3,
@@ -354,6 +409,23 @@ def plot(records: list[dict[str, Any]], path: Path, title: str) -> Path:
     return path
 
 
+def replot(path: Path) -> int:
+    """Redraw the privacy-utility plot of an existing JSON (nothing is run)."""
+    import json
+
+    if not path.is_file():
+        print(f"error: {path} not found", file=sys.stderr)
+        return 2
+    doc = json.loads(path.read_text())
+    suffix = "_quick" if doc.get("mode") == "quick" else ""
+    ev = doc["eval"]
+    png = plot(doc["runs"], path.with_name(f"privacy_utility{suffix}.png"),
+               f"MNIST subset, IPC {doc['ipc']}, eval {ev['epochs']} epochs × "
+               f"{ev['num_models']} models ({doc['mode']})")  # fmt: skip
+    print(f"wrote {png} from {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
@@ -361,7 +433,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--only", nargs="*", help="run only these labels' families (psg kip reference)")
+    p.add_argument("--only", nargs="*", choices=FAMILIES, help="run only these families")
+    p.add_argument(
+        "--keep-from",
+        default=None,
+        metavar="JSON",
+        help="with --only: take the other families' rows from an earlier bench_privacy.json "
+        "(same seed, budgets and evaluation) instead of running them again",
+    )
+    p.add_argument("--replot", action="store_true", help="only redraw the plot of the JSON (--out)")
     p.add_argument("--step-repeats", type=int, default=None)
     p.add_argument("--out", default=None, help="JSON path (default experiments/results/...)")
     p.add_argument(
@@ -378,6 +458,12 @@ def main(argv: list[str] | None = None) -> int:
         "budget and evaluation) instead of running them again",
     )
     args = p.parse_args(argv)
+    if args.replot:
+        return replot(Path(args.out) if args.out else RESULTS / "bench_privacy.json")
+    if args.keep_from and not args.only:
+        p.error("--keep-from needs --only (the families to run again)")
+    if args.keep_from and not Path(args.keep_from).is_file():
+        p.error(f"--keep-from: {args.keep_from} not found")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("fedistill", "opacus"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -396,6 +482,19 @@ def main(argv: list[str] | None = None) -> int:
     eval_cfg = EvalConfig(**(QUICK_EVAL if args.quick else EVAL))
     if args.models:
         eval_cfg.num_models = args.models
+    psg = QUICK_PSG if args.quick else PSG_BUDGET
+    budgets = {
+        "psg": psg,
+        "kip": QUICK_KIP if args.quick else KIP_BUDGET,
+        "kip_fc": KIP_FC,
+        "dm": QUICK_DM if args.quick else DM_BUDGET,
+    }
+    old: list[dict[str, Any]] = []
+    if args.keep_from:  # checked before anything runs
+        try:
+            old = kept_rows(Path(args.keep_from), set(args.only), args.seed, budgets, eval_cfg)
+        except ValueError as err:
+            p.error(str(err))
     specs = [s for s in runs(args.quick) if not args.only or s["family"] in args.only]
     if args.references_from:  # read when the runs are done: bench_distill may still be running
         specs = [s for s in specs if s["family"] != "reference"]
@@ -418,7 +517,9 @@ def main(argv: list[str] | None = None) -> int:
             records = [*reused.values(), *records]
         else:
             logging.warning("%s not found: the table has no random/DM reference rows", path)
-    psg = QUICK_PSG if args.quick else PSG_BUDGET
+    if args.keep_from:
+        records = sorted([*old, *records], key=lambda r: FAMILIES.index(r["family"]))
+        logging.info("kept %d rows from %s", len(old), args.keep_from)
     repeats = args.step_repeats or (2 if args.quick else 10)
     cost = step_cost(train, psg, repeats, args.seed)
     logging.info(
@@ -436,11 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         "ipc": IPC,
         "delta": DELTA,
         "seed": args.seed,
-        "budgets": {
-            "psg": psg,
-            "kip": QUICK_KIP if args.quick else KIP_BUDGET,
-            "dm": QUICK_DM if args.quick else DM_BUDGET,
-        },
+        "budgets": budgets,
         "eval": dataclasses.asdict(eval_cfg),
         "runs": records,
         "step_cost": cost,

@@ -203,6 +203,24 @@ def federated_table() -> str:
     return "\n".join(lines) + _plots(".", plots)
 
 
+def _kip_budget(bud: dict) -> str:
+    kip = bud["kip"]
+    if kip.get("kernel", "ntk") != "convnet":  # runs before the convnet kernel: FC NTK only
+        return f"{kip['iterations']} iterations, FC-ReLU NTK"
+    text = (
+        f"{kip['iterations']} iterations, the ConvNet-{kip.get('rf_width', 32)}-3 random-feature "
+        f"NNGP ({kip.get('rf_models', 4)} networks redrawn every step, "
+        f"{kip.get('batch_target', 1000)} real targets per step)"
+    )
+    fc = bud.get("kip_fc")
+    if fc:
+        text += (
+            f"; the FC row: KIP's FC-ReLU NTK, same iterations, {fc.get('batch_target')} targets "
+            "per step"
+        )
+    return text
+
+
 def privacy_table() -> str:
     d = _load("bench_privacy.json")
     if not d:
@@ -256,11 +274,19 @@ def privacy_table() -> str:
         f"{psg['batch_loop']} private steps = {steps} private gradient evaluations (ConvNet-"
         f"{psg.get('width', 128)} for distillation, expected Poisson batch "
         f"{psg.get('batch_real', 256)}, C = {psg.get('clip', 0.1)}); ε is read back from "
-        f"Opacus's RDP accountant over the σ, q and steps that ran. KIP-ρ: "
-        f"{bud['kip']['iterations']} iterations, FC-ReLU NTK. DM: {bud['dm']['iterations']} "
-        f"iterations. Evaluation: ConvNet-128-3, {ev['epochs']} epochs, {ev['num_models']} models, "
+        f"Opacus's RDP accountant over the σ, q and steps that ran. KIP-ρ: {_kip_budget(bud)}. "
+        f"DM: {bud['dm']['iterations']} iterations. Evaluation: ConvNet-128-3, {ev['epochs']} epochs, {ev['num_models']} models, "
         "DSA, 997 test images. Papers run 100× longer on GPUs on full MNIST.",
     ]
+    sources = sorted({r["source"] for r in d["runs"] if r.get("source")})
+    if sources:
+        kept = {src: [r["label"] for r in d["runs"] if r.get("source") == src] for src in sources}
+        lines += [
+            "",
+            "Rows not run by this command, taken from the run that made them: "
+            + "; ".join(f"{', '.join(labels)} ← `{src}`" for src, labels in kept.items())
+            + ".",
+        ]
     if c:
         lines += [
             "",
