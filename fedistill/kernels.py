@@ -209,14 +209,15 @@ class ConvNetRFKernel:
             net.requires_grad_(False).eval()
         self._nets = nets
 
-    def redraw(self, seed: int) -> ConvNetRFKernel:
-        """The same kernel with networks drawn afresh from ``seed``."""
+    def redraw(self, seed: int, models: int | None = None) -> ConvNetRFKernel:
+        """The same kernel with networks drawn afresh from ``seed`` (``models`` of them, or as
+        many as this draw has)."""
         return ConvNetRFKernel(
             self.channels,
             self.image_size,
             width=self.width,
             depth=self.depth,
-            models=self.models,
+            models=self.models if models is None else models,
             seed=seed,
         )
 

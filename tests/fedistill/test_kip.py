@@ -137,6 +137,7 @@ def test_only_present_classes_are_distilled(digits_train):
         {"kernel": "rbf"},
         {"rf_models": 0},
         {"rf_width": 2.5},
+        {"rf_predict_models": -1},
         {"depth": -1},
         {"init": "zeros"},
         {"label_encoding": "signed"},
@@ -160,6 +161,7 @@ def test_convnet_predictor_is_rebuilt_from_the_file(digits_train, digits_test):
     syn = distill("kip", digits_train, 2, seed=1, kernel="convnet", **(FAST | {"iterations": 10}))
     hp = syn.meta["hyperparameters"]
     assert hp["kernel"] == "convnet" and hp["rf_models"] == 4 and hp["rf_seed"] == 0
+    assert hp["rf_predict_models"] == 16
     back = SyntheticSet.from_bytes(syn.to_bytes())
     acc = kip_accuracy(syn, digits_test)
     assert kip_accuracy(back, digits_test) == acc  # same fixed draw, same predictions
