@@ -21,6 +21,11 @@ As in the reference (``main_DM.py``), every iteration samples a new network and 
 it; the real embeddings are constants. Only classes with real images are distilled (a
 federated client may hold a few); the set has ``ipc`` images for each of them.
 
+**No soft labels.** The loss compares each class's mean embeddings; labels never enter it, so
+there is nothing for learnable label logits to learn (``learn_labels`` belongs to the methods
+whose loss sees labels: ``dc``/``dsa``, ``psg``, ``kip``; ``fedistill distill --method dm
+--soft-labels`` is refused with a one-line error).
+
 **How it runs fast on a CPU.** The loop above is computed for all classes at once: one
 augmentation call per branch with one DSA draw per class (``groups``), one forward of every
 class's real batch and one of the synthetic set. The real branch — nearly all of the work:
