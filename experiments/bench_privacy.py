@@ -67,6 +67,7 @@ KIP_BUDGET: dict[str, Any] = {
     "kernel": "convnet",
     "rf_width": 32,
     "rf_models": 4,
+    "rf_predict_models": 16,
     "batch_target": 1000,
 }
 KIP_FC = {"kernel": "ntk", "batch_target": 3000}  # the FC comparison row: same steps

@@ -210,7 +210,8 @@ def _kip_budget(bud: dict) -> str:
     text = (
         f"{kip['iterations']} iterations, the ConvNet-{kip.get('rf_width', 32)}-3 random-feature "
         f"NNGP ({kip.get('rf_models', 4)} networks redrawn every step, "
-        f"{kip.get('batch_target', 1000)} real targets per step)"
+        f"{kip.get('batch_target', 1000)} real targets per step; the KRR predictor: one fixed "
+        f"draw of {kip.get('rf_predict_models', 16)} networks)"
     )
     fc = bud.get("kip_fc")
     if fc:
