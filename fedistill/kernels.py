@@ -176,6 +176,10 @@ class FCKernel:
             x, depth=self.depth, w_var=self.w_var, b_var=self.b_var, kind=self.kind
         )
 
+    def pair(self, x_t: Tensor, x_s: Tensor) -> tuple[Tensor, Tensor]:
+        """``(K(x_t, x_s), K(x_s, x_s))``: what kernel ridge regression from ``x_s`` needs."""
+        return self(x_t, x_s), self(x_s)
+
 
 class ConvNetRFKernel:
     """The random-feature NNGP of ConvNet-``width``-``depth`` (instance norm, the evaluator's
@@ -235,6 +239,11 @@ class ConvNetRFKernel:
 
     def diag(self, x: Tensor) -> Tensor:
         return self.features(x).pow(2).sum(1)
+
+    def pair(self, x_t: Tensor, x_s: Tensor) -> tuple[Tensor, Tensor]:
+        """``(K(x_t, x_s), K(x_s, x_s))`` with the support's features computed once."""
+        f_s = self.features(x_s)
+        return self.features(x_t) @ f_s.T, f_s @ f_s.T
 
 
 def krr_predict(k_ts: Tensor, k_ss: Tensor, y_s: Tensor, reg: float = 1e-6) -> Tensor:

@@ -25,9 +25,9 @@ Kernels (:mod:`fedistill.kernels`): ``ntk`` / ``nngp`` are KIP's fully-connected
 instance norm and pooling, approximated by ``rf_models`` random networks of ``rf_width``
 channels redrawn at every step (Loo et al., NeurIPS 2022); its KRR predictor uses one fixed,
 larger draw (``rf_predict_models`` networks from ``rf_seed``): a closer estimate of the kernel
-the support was fitted to in expectation. It costs more per step and transfers far better to the finite ConvNet: on the
-MNIST subset, IPC 10, 200 steps, ConvNet test accuracy 95.1 % against 93.7 % for the FC NTK
-(``experiments/bench_privacy.py``).
+the support was fitted to in expectation. It costs more per step and transfers far better to
+the finite ConvNet: on the MNIST subset, IPC 10, 200 steps, ConvNet test accuracy 95.1 %
+against 93.7 % for the FC NTK (``experiments/bench_privacy.py``).
 
 Labels are encoded as ``one_hot − 1/K`` (centred, as KIP) or plain one-hot. Unlearned labels
 are saved as hard class ids; learned ones are KRR regression targets (``label_kind
@@ -219,7 +219,7 @@ def kip_loss(
 ) -> tuple[Tensor, Tensor]:
     """KIP's objective ``½ mean (ŷ_t − y_t)²`` of the KRR prediction from the support, and the
     accuracy of that prediction (argmax) on the targets."""
-    pred = krr_predict(kernel(x_t, x_s), kernel(x_s), y_s, reg)
+    pred = krr_predict(*kernel.pair(x_t, x_s), y_s, reg)
     loss = 0.5 * (pred - y_t).pow(2).mean()
     acc = (pred.argmax(1) == y_t.argmax(1)).double().mean()
     return loss, acc

@@ -176,6 +176,8 @@ def test_convnet_kernel_is_a_seeded_psd_gram_and_leaves_global_rng_alone(digits_
     assert torch.allclose(_rf(2, seed=5).diag(x), k.diag())
     cross = _rf(2, seed=5)(x[:4], x)
     assert torch.allclose(cross, k[:4], atol=1e-6)
+    k_ts, k_ss = _rf(2, seed=5).pair(x[:4], x)  # the support's features computed once
+    assert torch.allclose(k_ts, cross) and torch.allclose(k_ss, k)
 
 
 def test_convnet_kernel_draws_converge_as_networks_are_added(digits_train):
