@@ -410,6 +410,15 @@ def plot(records: list[dict[str, Any]], path: Path, title: str) -> Path:
     return path
 
 
+def plot_payload(doc: dict[str, Any], path: Path) -> Path:
+    """The privacy-utility plot of a benchmark payload written (or to be written) at ``path``."""
+    suffix = "_quick" if doc["mode"] == "quick" else ""
+    ev = doc["eval"]
+    return plot(doc["runs"], path.with_name(f"privacy_utility{suffix}.png"),
+                f"MNIST subset, IPC {doc['ipc']}, eval {ev['epochs']} epochs × "
+                f"{ev['num_models']} models ({doc['mode']})")  # fmt: skip
+
+
 def replot(path: Path) -> int:
     """Redraw the privacy-utility plot of an existing JSON (nothing is run)."""
     import json
@@ -417,12 +426,7 @@ def replot(path: Path) -> int:
     if not path.is_file():
         print(f"error: {path} not found", file=sys.stderr)
         return 2
-    doc = json.loads(path.read_text())
-    suffix = "_quick" if doc.get("mode") == "quick" else ""
-    ev = doc["eval"]
-    png = plot(doc["runs"], path.with_name(f"privacy_utility{suffix}.png"),
-               f"MNIST subset, IPC {doc['ipc']}, eval {ev['epochs']} epochs × "
-               f"{ev['num_models']} models ({doc['mode']})")  # fmt: skip
+    png = plot_payload(json.loads(path.read_text()), path)
     print(f"wrote {png} from {path}")
     return 0
 
@@ -552,9 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
     }
     write_json(out, payload)
-    png = plot(records, out.with_name(f"privacy_utility{suffix}.png"),
-               f"MNIST subset, IPC {IPC}, eval {eval_cfg.epochs} epochs × "
-               f"{eval_cfg.num_models} models ({payload['mode']})")  # fmt: skip
+    png = plot_payload(payload, out)
     print(f"wrote {out} and {png}")
     print(f"reproduce: {cmd}")
     return 0

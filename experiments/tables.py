@@ -35,6 +35,11 @@ def _pct(mean: float | None, std: float | None = None) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if std is not None else f"{100 * mean:.1f}"
 
 
+def _made_by(d: dict, name: str) -> str:
+    """ "`command` → `experiments/results/name`": the command that wrote a results file."""
+    return f"`{d['command'].replace('python3', 'python')}` → `experiments/results/{name}`"
+
+
 def _missing(script: str) -> str:
     return f"_Not yet measured: run `python experiments/{script}`._"
 
@@ -48,7 +53,7 @@ def distill_table() -> str:
     lines = [
         "### Distillation on the MNIST subset (CPU)",
         "",
-        f"`{d['command']}` → `experiments/results/bench_distill.json` "
+        f"{_made_by(d, 'bench_distill.json')} "
         f"({d['machine']['date']}, {command_option(d['command'], 'jobs', 1)} run(s) at once, "
         f"{command_option(d['command'], 'threads', 2)} thread(s) each)",
         "",
@@ -91,7 +96,7 @@ def dm_speed_table() -> str:
     lines = [
         "### DM speed: seconds per iteration, ours vs the official implementation's structure",
         "",
-        f"`{d['command']}` → `experiments/results/bench_dm_speed.json` ({d['machine']['date']}; "
+        f"{_made_by(d, 'bench_dm_speed.json')} ({d['machine']['date']}; "
         f"load average before/after: {d['load_average']['before'][0]:.1f} / "
         f"{d['load_average']['after'][0]:.1f})",
         "",
@@ -147,7 +152,7 @@ def federated_table() -> str:
     lines = [
         "### Federated: FedDM vs FedAvg on the MNIST subset (CPU)",
         "",
-        f"`{d['command'].replace('python3', 'python')}` → `experiments/results/bench_federated.json`",
+        _made_by(d, "bench_federated.json"),
         "",
         f"Budget: {b['clients']} clients, Dirichlet α per row; FedDM = {b['method'].upper()} "
         f"IPC {b['ipc']}, {b['iterations']} iterations per client per round"
@@ -232,7 +237,7 @@ def privacy_table() -> str:
     lines = [
         "### Privacy–utility on the MNIST subset (CPU), IPC 10",
         "",
-        f"`{d['command']}` → `experiments/results/bench_privacy.json`",
+        _made_by(d, "bench_privacy.json"),
         "",
         "| method | ε (δ = 1e-5) | σ | ρ | ConvNet accuracy % | KRR accuracy % | distill s |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -276,12 +281,15 @@ def privacy_table() -> str:
         f"{psg.get('width', 128)} for distillation, expected Poisson batch "
         f"{psg.get('batch_real', 256)}, C = {psg.get('clip', 0.1)}); ε is read back from "
         f"Opacus's RDP accountant over the σ, q and steps that ran. KIP-ρ: {_kip_budget(bud)}. "
-        f"DM: {bud['dm']['iterations']} iterations. Evaluation: ConvNet-128-3, {ev['epochs']} epochs, {ev['num_models']} models, "
-        "DSA, 997 test images. Papers run 100× longer on GPUs on full MNIST.",
+        f"DM: {bud['dm']['iterations']} iterations. Evaluation: ConvNet-128-3, {ev['epochs']} "
+        f"epochs, {ev['num_models']} models, DSA, 997 test images. Papers run 100× longer on GPUs "
+        "on full MNIST.",
     ]
-    sources = sorted({r["source"] for r in d["runs"] if r.get("source")})
-    if sources:
-        kept = {src: [r["label"] for r in d["runs"] if r.get("source") == src] for src in sources}
+    kept: dict[str, list[str]] = {}  # source command → the labels of the rows it made
+    for r in d["runs"]:
+        if r.get("source"):
+            kept.setdefault(r["source"], []).append(r["label"])
+    if kept:
         lines += [
             "",
             "Rows not run by this command, taken from the run that made them: "
