@@ -12,7 +12,11 @@ pipeline:
   the synthetic set with the evaluation protocol's trainer.
 
 :func:`build_target` runs a pipeline on the members drawn from a candidate pool and records
-which candidates were members and the training budget, so attack results can state both.
+which candidates were members and the training budget, so attack results can state both. It
+also records the **exposed** members: the candidates the method provably copied into its set
+(``random``'s picks, the real initialisation of DM / DC / DSA / KIP), from the method's own
+record (``distill(..., record=...)``), which never travels with the set. Membership results
+report both populations, all members and exposed ones, side by side.
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ class TargetModel:
     nonmembers: np.ndarray  # the other candidates
     budget: dict[str, Any]
     synthetic: SyntheticSet | None = None
+    exposed: np.ndarray | None = None  # pool indices the method copied into its set (or None)
 
     @property
     def privacy(self) -> dict[str, Any] | None:
@@ -123,6 +128,14 @@ class TargetModel:
         mask[self.members] = True
         return mask
 
+    @property
+    def exposed_mask(self) -> np.ndarray:
+        """Over the pool: True for the exposed members (all False when none were recorded)."""
+        mask = np.zeros(len(self.members) + len(self.nonmembers), bool)
+        if self.exposed is not None:
+            mask[self.exposed] = True
+        return mask
+
 
 def train_pipeline(
     cfg: PipelineConfig,
@@ -131,13 +144,20 @@ def train_pipeline(
     seed: int,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    record: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, SyntheticSet | None, dict[str, Any]]:
-    """Run the pipeline on ``data``: (model, synthetic set or None, training budget)."""
+    """Run the pipeline on ``data``: (model, synthetic set or None, training budget).
+
+    ``record`` (optional out-parameter) receives the method's ``"exposed"`` indices into
+    ``data`` (see :func:`fedistill.distill.distill`); for ``real``, every example is exposed.
+    """
     cfg.validate()
     syn = None
     if cfg.method == REAL:
         images, labels, label_kind = data.images, data.labels, "hard"
         iterations = 0
+        if record is not None:
+            record["exposed"] = np.arange(len(data))
     else:
         syn = distill(
             cfg.method,
@@ -146,6 +166,7 @@ def train_pipeline(
             seed=seed,
             device=device,
             progress=progress,
+            record=record,
             **cfg.method_options,
         )
         images, labels = syn.images, syn.labels
@@ -197,17 +218,21 @@ def build_target(
     if len(members) == 0 or len(np.unique(members)) != len(members):
         raise ConfigError("members must be distinct, non-empty pool indices")
     nonmembers = np.setdiff1d(np.arange(len(pool)), members)
+    record: dict[str, Any] = {}
     model, syn, budget = train_pipeline(
-        cfg, pool.subset(members), seed=seed, device=device, progress=progress
+        cfg, pool.subset(members), seed=seed, device=device, progress=progress, record=record
     )
+    local = record.get("exposed")
+    exposed = None if local is None else np.sort(members[np.asarray(local, dtype=np.int64)])
     log.info(
-        "target %s seed %d: %d members, %d non-members",
+        "target %s seed %d: %d members (%s exposed), %d non-members",
         cfg.label,
         seed,
         len(members),
+        "?" if exposed is None else len(exposed),
         len(nonmembers),
     )
-    return TargetModel(model, cfg, seed, members, nonmembers, budget, syn)
+    return TargetModel(model, cfg, seed, members, nonmembers, budget, syn, exposed)
 
 
 def random_half(n: int, rng: np.random.Generator) -> np.ndarray:

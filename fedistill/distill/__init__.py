@@ -99,12 +99,19 @@ def distill(
     device: str | torch.device = "cpu",
     progress: bool = False,
     model: torch.nn.Module | None = None,
+    record: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> SyntheticSet:
     """Distill ``real`` into ``ipc`` images per class with the named method.
 
     ``model`` (optional) is a trained network to distill against, e.g. the current global model
     in multi-round FedDM; only methods whose function takes a ``model`` keyword accept it.
+
+    ``record`` (optional) is an out-parameter for the attack harness: the method writes
+    ``record["exposed"]``, the sorted indices into ``real`` of the real images it copied into
+    the set (``random``'s picks, the real initialisation of DM / DC / DSA / KIP; empty for a
+    noise start). A method that records nothing leaves ``None`` there. The record never enters
+    the returned set, so it is neither saved nor sent.
     """
     m = get_method(method)
     if not isinstance(ipc, int) or ipc < 1:
@@ -118,6 +125,10 @@ def distill(
         if "model" not in inspect.signature(m.fn).parameters:
             raise ConfigError(f"method '{method}' cannot distill against a given model")
         kwargs["model"] = model
+    if record is not None:
+        record["exposed"] = None
+        if "record" in inspect.signature(m.fn).parameters:
+            kwargs["record"] = record
     return m.fn(
         real, ipc, config, seed=seed, device=torch.device(device), progress=progress, **kwargs
     )

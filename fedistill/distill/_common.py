@@ -1,10 +1,18 @@
-"""Pieces every method shares: seeding, initialisation, class batches, the result record."""
+"""Pieces every method shares: seeding, initialisation, class batches, the result record.
+
+**Exposure record.** A method that copies real images into its set (``random``'s selection, the
+real initialisation of DM / DC / DSA / KIP) says which ones through an optional ``record`` dict
+(an out-parameter of :func:`fedistill.distill.distill`): ``record["exposed"]`` is the sorted
+int64 array of indices into the method's own ``real`` input. It is for the attack harness only:
+it never enters the set's ``meta``, so it is neither saved nor sent in a federated reply.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,22 +43,38 @@ def check_init(real: LabeledImages, ipc: int, init: str) -> None:
         raise ConfigError("no training images to distill")
 
 
+def record_exposed(record: dict[str, Any] | None, indices: Tensor | np.ndarray) -> None:
+    """Write the indices (into the method's ``real``) of the real images a run copied into its
+    set to ``record["exposed"]`` (sorted, int64; empty for a noise start). No-op without a
+    record."""
+    if record is not None:
+        record["exposed"] = np.sort(np.asarray(indices, dtype=np.int64).ravel())
+
+
 def init_images(
-    real: LabeledImages, ipc: int, init: str, gen: torch.Generator
+    real: LabeledImages,
+    ipc: int,
+    init: str,
+    gen: torch.Generator,
+    record: dict[str, Any] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``ipc`` images for every class present in ``real``: random real images of that class
     (``init="real"``), or standard normal noise (``init="noise"``). A class with fewer than
     ``ipc`` images uses all of them and fills the rest with noise; absent classes get none.
-    Labels come sorted by class: ``[c0]*ipc + [c1]*ipc + ...``."""
+    Labels come sorted by class: ``[c0]*ipc + [c1]*ipc + ...``. The indices of the real images
+    used go to ``record["exposed"]`` (see the module docstring)."""
     check_init(real, ipc, init)
     classes = present_classes(real)
     labels = torch.tensor(classes).repeat_interleave(ipc)
     images = torch.randn(len(labels), *real.info.shape, generator=gen)
+    used: list[Tensor] = []
     if init == "real":
         by_class = real.class_indices()
         for j, c in enumerate(classes):
             idx = by_class[c][torch.randperm(len(by_class[c]), generator=gen)[:ipc]]
             images[j * ipc : j * ipc + len(idx)] = real.images[idx]
+            used.append(idx)
+    record_exposed(record, torch.cat(used) if used else torch.zeros(0, dtype=torch.int64))
     return images, labels
 
 

@@ -70,6 +70,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -388,8 +389,10 @@ def condense(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    record: dict[str, Any] | None = None,
 ) -> SyntheticSet:
-    """Gradient matching as in the algorithm box of this module's docstring."""
+    """Gradient matching as in the algorithm box of this module's docstring (real-init
+    indices to ``record["exposed"]``)."""
     config.validate()
     device = torch.device(device)
     gen = seeded(seed)
@@ -398,7 +401,7 @@ def condense(
     k = real.num_classes
 
     # init: ipc images per present class (labels sorted by class)
-    images, labels = init_images(real, ipc, config.init, gen)
+    images, labels = init_images(real, ipc, config.init, gen, record)
     x_syn = images.to(device).requires_grad_(True)
     opt_img = torch.optim.SGD([x_syn], lr=config.lr_img, momentum=0.5)
     label_logits: Tensor | None = None
@@ -505,9 +508,19 @@ def distill_dc(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    record: dict[str, Any] | None = None,
 ) -> SyntheticSet:
     """DC: gradient matching (ICLR 2021)."""
-    return condense(real, ipc, config, method="dc", seed=seed, device=device, progress=progress)
+    return condense(
+        real,
+        ipc,
+        config,
+        method="dc",
+        seed=seed,
+        device=device,
+        progress=progress,
+        record=record,
+    )
 
 
 @register("dsa", DSAConfig, "DSA: gradient matching with siamese augmentation (Zhao & Bilen 2021)")
@@ -519,6 +532,16 @@ def distill_dsa(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    record: dict[str, Any] | None = None,
 ) -> SyntheticSet:
     """DSA: gradient matching with differentiable siamese augmentation (ICML 2021)."""
-    return condense(real, ipc, config, method="dsa", seed=seed, device=device, progress=progress)
+    return condense(
+        real,
+        ipc,
+        config,
+        method="dsa",
+        seed=seed,
+        device=device,
+        progress=progress,
+        record=record,
+    )

@@ -50,6 +50,7 @@ import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -316,12 +317,15 @@ def distill_dm(
     device: torch.device | str = "cpu",
     progress: bool = False,
     model: nn.Module | None = None,
+    record: dict[str, Any] | None = None,
 ) -> SyntheticSet:
-    """Distill ``real`` into ``ipc`` images per present class by distribution matching."""
+    """Distill ``real`` into ``ipc`` images per present class by distribution matching.
+
+    With ``init="real"`` the initial images' indices go to ``record["exposed"]``."""
     config.validate()
     device = torch.device(device)
     gen = seeded(seed)
-    images, labels = init_images(real, ipc, config.init, gen)
+    images, labels = init_images(real, ipc, config.init, gen, record)
     syn = images.to(device).requires_grad_(True)
     optimizer = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
     augment = DSA(config.dsa_strategy or default_strategy(real.info)) if config.dsa else None

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -238,8 +239,10 @@ def distill_kip(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    record: dict[str, Any] | None = None,
 ) -> SyntheticSet:
-    """Learn ``ipc`` support images per present class by kernel inducing points."""
+    """Learn ``ipc`` support images per present class by kernel inducing points (real-init
+    indices to ``record["exposed"]``)."""
     config.validate()
     check_init(real, ipc, config.init)
     device = torch.device(device)
@@ -249,7 +252,7 @@ def distill_kip(
     kernel = config.kernel_fn(real.images.shape[1], tuple(real.images.shape[2:]))
 
     # init: real images (or noise) per present class, labels sorted by class
-    images, labels = init_images(real, ipc, config.init, gen)
+    images, labels = init_images(real, ipc, config.init, gen, record)
     mask = None
     # its own stream: the mask must not replay the draws that picked the initial images
     mask_seed = seed + MASK_SEED_OFFSET if config.mask_seed is None else config.mask_seed

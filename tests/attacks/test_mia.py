@@ -79,6 +79,11 @@ def test_build_target_records_pools_and_budget(digits_train):
     assert not set(t.members) & set(t.nonmembers)
     assert t.member_mask.sum() == 30 and t.member_mask[0] and not t.member_mask[1]
     assert t.synthetic is not None and len(t.synthetic) == 20
+    # exposed: the 20 pool images random copied into the set, all of them members
+    assert t.exposed is not None and len(t.exposed) == 20 and set(t.exposed) <= set(t.members)
+    x, r = t.synthetic.images.flatten(1), pool.images[t.exposed].flatten(1)
+    assert (x[:, None] == r[None]).all(2).any(0).all()
+    assert t.exposed_mask.sum() == 20 and not (t.exposed_mask & ~t.member_mask).any()
     assert t.budget["train_examples"] == 20 and t.budget["source_examples"] == 30
     assert t.budget["train_steps"] == 3 and t.budget["method"] == "random"
     assert cfg.label == "random-ipc2"
