@@ -13,6 +13,21 @@ TPR at a fixed FPR is read off the empirical ROC *conservatively*: the largest T
 thresholds whose FPR does not exceed the target, never interpolated upwards. With ``n_out``
 non-members the smallest non-zero FPR is ``1 / n_out`` (the *resolution*); a target below it
 can only be met at FPR = 0, and the result says so (``resolved[target] = False``).
+
+**Intervals** (:func:`intervals`, :func:`population_report`). Every AUC and TPR@FPR comes with
+a 95% interval:
+
+* AUC: stratified percentile bootstrap over the candidates (members and non-members resampled
+  separately, ``B = 1000``);
+* TPR@FPR: the same bootstrap (the threshold is re-chosen in every replicate, so its
+  uncertainty from the non-members counts), *widened* to contain the Clopper–Pearson interval
+  of the TPR at the chosen threshold (``k`` of ``n_in`` members above it). The widening keeps a
+  zero count honest: 0 of ``n_in`` still has the upper bound ``1 − 0.025^(1/n_in)``.
+
+The bootstrap treats candidates as independent trials given the attacked model(s); trials
+pooled over leave-one-out shadows are not independent, so intervals are computed on
+independent targets only. A TPR below the FPR resolution is printed as ``"< x"``
+(:func:`format_tpr`), never as a bare number.
 """
 
 from __future__ import annotations
@@ -24,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import beta
+from sklearn.metrics import roc_curve as _sk_roc_curve
 
 LOW_FPRS: tuple[float, ...] = (0.01, 0.001)
 
@@ -58,19 +75,13 @@ def _as_arrays(scores: Sequence[float] | np.ndarray, is_member: Sequence[bool] |
 def roc_curve(
     scores: Sequence[float] | np.ndarray, is_member: Sequence[bool] | np.ndarray
 ) -> RocCurve:
-    """The ROC of a threshold sweep over every distinct score (ties move together)."""
+    """The ROC of a threshold sweep over every distinct score (ties move together):
+    scikit-learn's ``roc_curve`` with every point kept, starting at (0, 0) for ``+inf``."""
     s, y = _as_arrays(scores, is_member)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    # last index of each run of equal scores: one ROC point per distinct threshold
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    tp = np.cumsum(y)[last]
-    fp = np.cumsum(~y)[last]
-    n_in, n_out = int(y.sum()), int((~y).sum())
-    fpr = np.r_[0.0, fp / n_out]
-    tpr = np.r_[0.0, tp / n_in]
-    thresholds = np.r_[np.inf, s[last]]
-    return RocCurve(fpr, tpr, thresholds, n_in, n_out)
+    fpr, tpr, thresholds = _sk_roc_curve(y, s, drop_intermediate=False)
+    thresholds = np.asarray(thresholds, dtype=np.float64).copy()
+    thresholds[0] = np.inf  # older scikit-learn put max(score) + 1 there
+    return RocCurve(fpr, tpr, thresholds, int(y.sum()), int((~y).sum()))
 
 
 def auc(roc: RocCurve) -> float:
@@ -215,3 +226,165 @@ def plot_roc(
 def binomial_std_auc(n_in: int, n_out: int) -> float:
     """Standard deviation of the AUC of a chance-level attack (Mann–Whitney null), for context."""
     return math.sqrt((n_in + n_out + 1) / (12.0 * n_in * n_out))
+
+
+# --------------------------------------------------------------------------- intervals
+
+CI_METHOD = (
+    "stratified percentile bootstrap over candidates (B={b}); TPR intervals widened to the "
+    "Clopper-Pearson interval at the chosen threshold"
+)
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial interval for ``k`` successes in ``n`` trials."""
+    a = (1.0 - level) / 2.0
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1.0 - a, k + 1, n - k))
+    return lo, hi
+
+
+def _tpr_at_fpr_sorted(s_in: np.ndarray, out_desc: np.ndarray, target: float) -> np.ndarray:
+    """TPR@FPR ≤ target (the conservative step reading), vectorised over rows.
+
+    ``s_in`` is B×n_in, ``out_desc`` B×n_out sorted descending. With ``k`` false positives
+    allowed, a member counts iff its score is *above* the (k+1)-th largest non-member score
+    (a tie would bring that non-member in too)."""
+    n_out = out_desc.shape[1]
+    k = math.floor(target * n_out + 1e-9)
+    if k >= n_out:
+        return np.ones(len(s_in))
+    return (s_in > out_desc[:, k : k + 1]).mean(axis=1)
+
+
+def _auc_rows(s_in: np.ndarray, s_out: np.ndarray) -> np.ndarray:
+    """Mann–Whitney AUC of every row pair (ties count one half)."""
+    out_sorted = np.sort(s_out, axis=1)
+    rows = []
+    for a, o in zip(s_in, out_sorted, strict=True):
+        below = np.searchsorted(o, a, side="left")
+        upto = np.searchsorted(o, a, side="right")
+        rows.append((below + 0.5 * (upto - below)).sum() / (len(a) * len(o)))
+    return np.asarray(rows)
+
+
+@dataclass
+class Intervals:
+    """95% intervals of one attack's AUC and TPR at each low FPR."""
+
+    auc: tuple[float, float]
+    tpr_at_fpr: dict[float, tuple[float, float]]
+    tpr_count: dict[float, int]  # members above the chosen threshold (the CP numerator)
+    method: str
+
+
+def intervals(
+    scores: Sequence[float] | np.ndarray,
+    is_member: Sequence[bool] | np.ndarray,
+    fprs: Sequence[float] = LOW_FPRS,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Intervals:
+    """Bootstrap (and Clopper–Pearson) intervals for :func:`summarize`'s AUC and TPRs."""
+    s, y = _as_arrays(scores, is_member)
+    s_in, s_out = s[y], s[~y]
+    rng = np.random.default_rng(seed)
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    bi = s_in[rng.integers(0, len(s_in), (n_boot, len(s_in)))]
+    bo = s_out[rng.integers(0, len(s_out), (n_boot, len(s_out)))]
+    bo_desc = -np.sort(-bo, axis=1)
+    a_lo, a_hi = np.percentile(_auc_rows(bi, bo), q)
+    out_desc = -np.sort(-s_out)[None]
+    tprs, counts = {}, {}
+    for f in fprs:
+        lo, hi = np.percentile(_tpr_at_fpr_sorted(bi, bo_desc, f), q)
+        k = round(float(_tpr_at_fpr_sorted(s_in[None], out_desc, f)[0]) * len(s_in))
+        c_lo, c_hi = clopper_pearson(k, len(s_in), level)
+        tprs[f] = (float(min(lo, c_lo)), float(max(hi, c_hi)))
+        counts[f] = k
+    return Intervals((float(a_lo), float(a_hi)), tprs, counts, CI_METHOD.format(b=n_boot))
+
+
+def fpr_key(f: float) -> str:
+    """The JSON key of an FPR: ``0.01 -> "0.01"``, ``0.001 -> "0.001"``."""
+    return f"{f:g}"
+
+
+def format_tpr(
+    tpr: float, ci95: tuple[float, float] | None, resolution: float, digits: int = 3
+) -> str:
+    """``"0.123 [0.080, 0.170]"``, or ``"< x"`` (x the FPR resolution) for a TPR below it:
+    such a TPR is no evidence of anything the trial count can see."""
+    if tpr < resolution:
+        return f"< {resolution:.{digits}g}"
+    text = f"{tpr:.{digits}f}"
+    if ci95 is not None:
+        text += f" [{ci95[0]:.{digits}f}, {ci95[1]:.{digits}f}]"
+    return text
+
+
+def metrics_dict(
+    scores: Sequence[float] | np.ndarray,
+    is_member: Sequence[bool] | np.ndarray,
+    fprs: Sequence[float] = LOW_FPRS,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    roc_points: int = 0,
+) -> dict[str, Any]:
+    """One population's cell, JSON-ready::
+
+    {"auc", "tpr_at_fpr": {"0.01", "0.001"}, "ci95": {"auc": [lo, hi],
+     "tpr_at_fpr": {"0.01": [lo, hi], ...}}, "tpr_at_fpr_text": {"0.01": "…"},
+     "resolved": {"0.01": bool, …}, "fpr_resolution", "n_in", "n_out",
+     "balanced_accuracy", "ci_method"[, "roc"]}
+    """
+    m = summarize(scores, is_member, fprs)
+    iv = intervals(scores, is_member, fprs, n_boot=n_boot, seed=seed)
+    res = m.fpr_resolution
+    out: dict[str, Any] = {
+        "auc": m.auc,
+        "tpr_at_fpr": {fpr_key(f): m.tpr_at_fpr[f] for f in fprs},
+        "ci95": {
+            "auc": list(iv.auc),
+            "tpr_at_fpr": {fpr_key(f): list(iv.tpr_at_fpr[f]) for f in fprs},
+        },
+        "tpr_at_fpr_text": {
+            fpr_key(f): format_tpr(m.tpr_at_fpr[f], iv.tpr_at_fpr[f], res) for f in fprs
+        },
+        "resolved": {fpr_key(f): m.resolved[f] for f in fprs},
+        "fpr_resolution": res,
+        "n_in": m.n_in,
+        "n_out": m.n_out,
+        "balanced_accuracy": m.balanced_accuracy,
+        "ci_method": iv.method,
+    }
+    if roc_points:
+        fpr, tpr = thin_roc(m.roc, roc_points)
+        out["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+    return out
+
+
+def population_report(
+    scores: Sequence[float] | np.ndarray,
+    is_member: Sequence[bool] | np.ndarray,
+    exposed: Sequence[bool] | np.ndarray | None = None,
+    fprs: Sequence[float] = LOW_FPRS,
+    **kwargs: Any,
+) -> dict[str, dict[str, Any]]:
+    """The two populations side by side: ``"all"`` (every pipeline member against the
+    non-members) and ``"exposed"`` (only the exposed members against the same non-members;
+    absent when none were exposed). Each value is :func:`metrics_dict`'s cell."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(is_member, dtype=bool).ravel()
+    out = {"all": metrics_dict(s, y, fprs, **kwargs)}
+    if exposed is not None:
+        e = np.asarray(exposed, dtype=bool).ravel()
+        if (e & ~y).any():
+            raise ValueError("an exposed candidate must be a member")
+        if e.any():
+            keep = e | ~y
+            out["exposed"] = metrics_dict(s[keep], e[keep], fprs, **kwargs)
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,7 +13,13 @@ from sklearn.metrics import roc_auc_score
 from attacks.metrics import (
     auc,
     balanced_accuracy,
+    clopper_pearson,
+    format_tpr,
+    fpr_key,
+    intervals,
+    metrics_dict,
     plot_roc,
+    population_report,
     roc_curve,
     summarize,
     tpr_at_fpr,
@@ -100,3 +107,66 @@ def test_log_log_roc_plot_is_written(tmp_path):
     path = plot_roc(curves, tmp_path / "roc" / "mia.png", title="test")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def test_intervals_cover_the_true_auc_and_tpr_of_known_distributions():
+    """Members N(1, 1), non-members N(0, 1): AUC Φ(1/√2), TPR@1% Pr[N(1,1) ≥ z_0.99]."""
+    true_auc = norm.cdf(1 / math.sqrt(2))
+    true_tpr = norm.sf(norm.ppf(0.99) - 1)
+    rng = np.random.default_rng(4)
+    y = np.r_[np.ones(400, bool), np.zeros(400, bool)]
+    hits_auc = hits_tpr = 0
+    reps = 40
+    for r in range(reps):
+        s = np.r_[rng.normal(1, 1, 400), rng.normal(0, 1, 400)]
+        iv = intervals(s, y, (0.01,), n_boot=300, seed=r)
+        hits_auc += iv.auc[0] <= true_auc <= iv.auc[1]
+        hits_tpr += iv.tpr_at_fpr[0.01][0] <= true_tpr <= iv.tpr_at_fpr[0.01][1]
+        assert iv.auc[1] - iv.auc[0] < 0.12  # and they are not vacuous
+    assert hits_auc >= 0.85 * reps and hits_tpr >= 0.85 * reps
+
+
+def test_a_zero_count_keeps_an_upper_bound_and_prints_below_resolution():
+    y = np.r_[np.ones(100, bool), np.zeros(1000, bool)]
+    s = np.r_[np.zeros(100), np.arange(1, 1001, dtype=float)]  # every member below every out
+    cell = metrics_dict(s, y, n_boot=200)
+    assert cell["tpr_at_fpr"] == {"0.01": 0.0, "0.001": 0.0}
+    lo, hi = cell["ci95"]["tpr_at_fpr"]["0.001"]
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** (1 / 100), rel=1e-6)  # Clopper–Pearson
+    assert cell["fpr_resolution"] == pytest.approx(0.001)
+    assert cell["tpr_at_fpr_text"]["0.001"] == "< 0.001"
+    assert cell["auc"] == 0.0 and cell["ci95"]["auc"] == [0.0, 0.0]
+    assert clopper_pearson(5, 10) == pytest.approx((0.187, 0.813), abs=1e-3)
+    assert format_tpr(0.25, (0.2, 0.3), 0.001) == "0.250 [0.200, 0.300]"
+    assert fpr_key(0.001) == "0.001" and fpr_key(0.01) == "0.01"
+
+
+def test_exposed_population_is_reported_beside_all_members():
+    """10 of 100 members are exposed and perfectly separated; the rest look like non-members."""
+    rng = np.random.default_rng(5)
+    s = np.r_[rng.normal(10, 1, 10), rng.normal(0, 1, 90), rng.normal(0, 1, 1000)]
+    y = np.r_[np.ones(100, bool), np.zeros(1000, bool)]
+    e = np.r_[np.ones(10, bool), np.zeros(1090, bool)]
+    rep = population_report(s, y, e, n_boot=200)
+    json.dumps(rep)
+    assert set(rep) == {"all", "exposed"}
+    assert rep["exposed"]["tpr_at_fpr"]["0.001"] == 1.0
+    assert rep["exposed"]["n_in"] == 10 and rep["exposed"]["n_out"] == 1000
+    assert rep["all"]["tpr_at_fpr"]["0.001"] == pytest.approx(0.1, abs=0.02)
+    assert rep["exposed"]["ci95"]["tpr_at_fpr"]["0.01"][0] > 0.6  # CP for 10 of 10
+    assert "exposed" not in population_report(s, y, np.zeros(1100, bool), n_boot=50)
+    with pytest.raises(ValueError, match="exposed"):
+        population_report(s, y, ~y, n_boot=50)
+
+
+def test_roc_curve_agrees_with_a_plain_threshold_sweep():
+    rng = np.random.default_rng(6)
+    s = rng.integers(0, 20, 500).astype(float)
+    y = rng.random(500) < 0.3
+    roc = roc_curve(s, y)
+    for t, f, p in zip(roc.thresholds[1:], roc.fpr[1:], roc.tpr[1:], strict=True):
+        assert f == pytest.approx((s[~y] >= t).mean()) and p == pytest.approx((s[y] >= t).mean())
+    assert roc.thresholds[0] == np.inf and roc.fpr[0] == 0 and roc.tpr[0] == 0
