@@ -92,6 +92,14 @@ class _ReluDerivCov(torch.autograd.Function):
         return grad / (math.pi * torch.sqrt((1 - c * c).clamp_min(tiny)))
 
 
+def _sym_gram(a: Tensor) -> Tensor:
+    """``a aᵀ``, symmetric bit for bit: a GEMM need not round ``(i, j)`` and ``(j, i)`` alike
+    (AMD's and Intel's kernels differ), so the mean of the product and its transpose is taken;
+    float addition commutes, so both triangles then hold the same bits."""
+    g = a @ a.T
+    return (g + g.T) / 2
+
+
 def _check(depth: int, w_var: float, b_var: float, kind: str) -> None:
     if kind not in KINDS:
         raise ConfigError(f"kernel must be one of {KINDS}, got '{kind}'")
@@ -135,7 +143,7 @@ def fc_kernel(
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"inputs have {a.shape[1]} and {b.shape[1]} features")
     d = a.shape[1]
-    k = w_var * (a @ b.T) / d + b_var
+    k = w_var * (_sym_gram(a) if same else a @ b.T) / d + b_var
     k1 = w_var * (a * a).sum(1) / d + b_var
     k2 = k1 if same else w_var * (b * b).sum(1) / d + b_var
     ntk = k
@@ -235,7 +243,7 @@ class ConvNetRFKernel:
 
     def __call__(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
         f1 = self.features(x1)
-        return f1 @ (f1 if x2 is None else self.features(x2)).T
+        return _sym_gram(f1) if x2 is None else f1 @ self.features(x2).T
 
     def diag(self, x: Tensor) -> Tensor:
         return self.features(x).pow(2).sum(1)
@@ -243,17 +251,19 @@ class ConvNetRFKernel:
     def pair(self, x_t: Tensor, x_s: Tensor) -> tuple[Tensor, Tensor]:
         """``(K(x_t, x_s), K(x_s, x_s))`` with the support's features computed once."""
         f_s = self.features(x_s)
-        return self.features(x_t) @ f_s.T, f_s @ f_s.T
+        return self.features(x_t) @ f_s.T, _sym_gram(f_s)
 
 
 def krr_predict(k_ts: Tensor, k_ss: Tensor, y_s: Tensor, reg: float = 1e-6) -> Tensor:
     """Kernel ridge regression: ``K_ts (K_ss + reg · tr(K_ss)/n · I)⁻¹ y_s``.
 
     ``k_ts`` is T×n, ``k_ss`` n×n (symmetric PSD), ``y_s`` n×K (or n); differentiable in all
-    three. Solved by Cholesky, falling back to a general solve if the matrix is not numerically
-    positive definite (``reg = 0`` with duplicate support points)."""
+    three. ``k_ss`` is symmetrised first (its mean with its transpose), so the factorised matrix
+    is symmetric whatever rounding produced it. Solved by Cholesky, falling back to a general
+    solve if the matrix is not numerically positive definite (``reg = 0`` with duplicate support
+    points)."""
     n = k_ss.shape[0]
-    a = k_ss + (abs(reg) * torch.trace(k_ss) / n) * torch.eye(
+    a = (k_ss + k_ss.T) / 2 + (abs(reg) * torch.trace(k_ss) / n) * torch.eye(
         n, dtype=k_ss.dtype, device=k_ss.device
     )
     rhs = y_s if y_s.ndim == 2 else y_s[:, None]

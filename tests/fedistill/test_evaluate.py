@@ -39,10 +39,14 @@ def test_same_seed_same_accuracy_and_labels_matter(digits_train, digits_test):
 def test_soft_and_target_labels_train(digits_train, digits_test):
     syn = distill("random", digits_train, 10, seed=0)
     soft = torch.nn.functional.one_hot(syn.labels, 10).float() * 0.9 + 0.01
+    # At 60 epochs one model had not converged (0.58-0.60 here, on either side of a 0.6 bar
+    # depending on the CPU's rounding). 150 epochs x 2 models, measured on an AMD EPYC: soft
+    # 0.867 / 0.870, targets 0.744 / 0.770 (hard labels 0.857 / 0.850); chance is 0.10, so the
+    # bars below leave >= 0.12 of margin for another CPU's rounding.
     s = SyntheticSet(syn.images, soft, dict(syn.meta, label_kind="soft"))
-    assert evaluate_set(s, digits_test, cfg(num_models=1), seed=0).mean > 0.6
+    assert evaluate_set(s, digits_test, cfg(epochs=150), seed=0).mean > 0.75
     t = SyntheticSet(syn.images, soft - 0.1, dict(syn.meta, label_kind="targets"))
-    assert evaluate_set(t, digits_test, cfg(num_models=1, epochs=100), seed=0).mean > 0.5
+    assert evaluate_set(t, digits_test, cfg(epochs=150), seed=0).mean > 0.6
 
 
 def test_cross_architecture(digits_train, digits_test):
