@@ -100,18 +100,75 @@ def client_distill(
     )
 
 
+# How far beyond the dataset's pixel range an uploaded image may reach, in units of that range's
+# width (see :func:`plausible_range`).
+RANGE_MARGIN = 10.0
+
+
+def plausible_range(info: DatasetInfo, margin: float = RANGE_MARGIN) -> tuple[float, float]:
+    """The interval of normalised values an honest synthetic image can plausibly hold.
+
+    Real images are pixels in [0, 1] mapped through ``(x − mean) / std``, so every real image
+    lies in ``[lo, hi] = [(0 − mean)/std, (1 − mean)/std]`` (per channel; the widest channel's
+    bounds are used). Distillation optimises pixels without clamping, so honest sets drift past
+    ``[lo, hi]``: measured on digits (IPC 10), DM, DC and KIP sets stay within about one width
+    ``hi − lo`` of it. The bound allows ``margin`` widths on each side — ten times that drift —
+    so it never refuses an honest set, while a set of finite 1e30 (or ×1000-scaled) images, which
+    no method produces and which takes a pooled model to chance, is refused outright. Subtler
+    scaling (×10) is the robust filter's business (:mod:`fedistill.robust`).
+    """
+    if margin < 0 or not math.isfinite(margin):
+        raise ConfigError(f"range margin must be a finite number ≥ 0, got {margin}")
+    los = [(0.0 - m) / s for m, s in zip(info.mean, info.std, strict=True)]
+    his = [(1.0 - m) / s for m, s in zip(info.mean, info.std, strict=True)]
+    lo, hi = min(los), max(his)
+    width = hi - lo
+    return lo - margin * width, hi + margin * width
+
+
+def check_privacy_facts(facts: dict[str, Any] | None, *, source: str = "set") -> None:
+    """ε ≥ 0, δ ∈ [0, 1), ρ ≥ 0, each a finite number (ε may be +∞: no privacy claimed).
+
+    These facts come from the client: they are checked for validity here and must be shown as
+    client-reported; nothing here can verify them. Raises SyntheticSetError naming the first bad
+    one.
+    """
+    if facts is None:
+        return
+    if not isinstance(facts, dict):
+        raise SyntheticSetError(
+            f"{source}: privacy facts must be a mapping, got {type(facts).__name__}"
+        )
+    for key in ("epsilon", "delta", "rho"):
+        if key not in facts or facts[key] is None:
+            continue
+        v = facts[key]
+        if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
+            raise SyntheticSetError(f"{source}: privacy '{key}' must be a number, got {v!r}")
+        if key == "epsilon" and not v >= 0:
+            raise SyntheticSetError(f"{source}: epsilon must be ≥ 0, got {v}")
+        if key == "delta" and not (0 <= v < 1):
+            raise SyntheticSetError(f"{source}: delta must lie in [0, 1), got {v}")
+        if key == "rho" and not (v >= 0 and math.isfinite(v)):
+            raise SyntheticSetError(f"{source}: rho must be a finite number ≥ 0, got {v}")
+
+
 def check_client_set(
     syn: SyntheticSet,
     info: DatasetInfo,
     *,
     max_ipc: int | None = None,
     max_bytes: int | None = None,
+    range_margin: float = RANGE_MARGIN,
 ) -> None:
     """Server-side acceptance test of an uploaded set, beyond what SyntheticSet checks.
 
     The set must be of ``info``'s dataset and image shape, have ``info.num_classes`` classes,
     hold at most ``max_ipc`` images of any class (hard labels, or the argmax of soft ones) and
-    at most ``max_bytes`` bytes. Raises SyntheticSetError naming the first violation.
+    at most ``max_bytes`` bytes; its images must lie inside :func:`plausible_range` (with
+    ``range_margin``), and the privacy facts it claims must be valid
+    (:func:`check_privacy_facts`). Every FedDM path (in-process, Flower, robust or not) calls
+    this. Raises SyntheticSetError naming the first violation.
     """
     if syn.meta.get("dataset") != info.name:
         raise SyntheticSetError(f"set is of dataset '{syn.meta.get('dataset')}', not '{info.name}'")
@@ -130,6 +187,15 @@ def check_client_set(
             raise SyntheticSetError(
                 f"{int(counts[worst])} images of class {worst}, over the cap of {max_ipc} per class"
             )
+    lo, hi = plausible_range(info, range_margin)
+    x_min, x_max = float(syn.images.min()), float(syn.images.max())
+    if x_min < lo or x_max > hi:
+        raise SyntheticSetError(
+            f"image values span [{x_min:.3g}, {x_max:.3g}], outside the plausible range "
+            f"[{lo:.3g}, {hi:.3g}] of {info.name}'s normalised space (pixel range ± "
+            f"{range_margin:g} widths)"
+        )
+    check_privacy_facts(syn.privacy)
 
 
 def local_train(
@@ -200,12 +266,44 @@ def train_global(
     )
 
 
+WEIGHTINGS = ("clipped", "uniform", "reported")
+
+
+def fedavg_weights(reported: list[float], weighting: str = "clipped") -> list[float]:
+    """FedAvg's weights from the example counts clients *report* (the server cannot verify them).
+
+    ``"clipped"`` (the default): each count is clipped to the median reported count. While
+    malicious clients are a minority the median is an honest client's count, so an inflated
+    ``num-examples`` (1e18) weighs no more than a typical honest client; honest clients below
+    the median keep McMahan et al.'s example weighting, those above lose their excess.
+    ``"uniform"``: every reply weighs 1 (what the server can verify: that the client replied).
+    ``"reported"``: the counts as sent (McMahan et al.; unsafe, kept for comparison).
+    Counts must be finite and ≥ 0 (validation has already refused others).
+    """
+    if weighting not in WEIGHTINGS:
+        raise ConfigError(f"unknown weighting '{weighting}'; choose one of {', '.join(WEIGHTINGS)}")
+    if not reported:
+        return []
+    if any(not (isinstance(n, int | float) and math.isfinite(n) and n >= 0) for n in reported):
+        raise ConfigError(f"example counts must be finite numbers ≥ 0, got {reported}")
+    if weighting == "uniform":
+        return [1.0] * len(reported)
+    if weighting == "reported":
+        return [float(n) for n in reported]
+    cap = float(np.median(np.asarray(reported, dtype=np.float64)))
+    out = [min(float(n), cap) for n in reported]
+    return out if sum(out) > 0 else [1.0] * len(reported)
+
+
 def fedavg_aggregate(
     states: list[dict[str, torch.Tensor]], weights: list[float]
 ) -> dict[str, torch.Tensor]:
-    """The weighted mean of state dicts (weights: examples per client)."""
+    """The weighted mean of state dicts (weights: examples per client, already made safe by
+    :func:`fedavg_weights` where they come from the clients)."""
     if not states:
         raise ConfigError("no client updates to average")
+    if len(weights) != len(states) or not float(sum(weights)) > 0:
+        raise ConfigError("fedavg needs one weight per update and a positive total weight")
     total = float(sum(weights))
     out = {}
     for key in states[0]:
@@ -442,14 +540,32 @@ def simulate_fedavg(
     device: str | torch.device = "cpu",
     data_tamper: DataTamper | None = None,
     update_tamper: UpdateTamper | None = None,
+    count_tamper: Callable[[int, int], float] | None = None,
+    aggregator: str = "fedavg",
+    weighting: str = "clipped",
+    trim_beta: float = 0.2,
+    num_malicious: int = 0,
     progress: bool = False,
 ) -> FedResult:
     """The FedAvg baseline in one process, on the same partitions as :func:`simulate_feddm`.
 
     Each round every client trains the global model ``local_epochs`` epochs on its real data
     (``data_tamper`` may poison it first; ``update_tamper(client_id, state) -> state`` may
-    change what a client sends back), and the server takes the example-weighted mean.
+    change what a client sends back; ``count_tamper(client_id, n) -> reported`` what it reports
+    as its example count, ``num_examples`` in the results, client-reported). The server weighs
+    the reported counts by :func:`fedavg_weights` (``weighting``) and aggregates with
+    ``aggregator``: ``fedavg`` (weighted mean), or Flower's robust rules re-implemented in
+    :func:`fedistill.robust.robust_aggregate` — ``median``, ``trimmed-mean`` (``trim_beta``),
+    ``multikrum`` (``num_malicious`` assumed; keeps ``n − num_malicious`` updates).
     """
+    from fedistill.robust import AGGREGATORS, robust_aggregate
+
+    if aggregator not in AGGREGATORS:
+        raise ConfigError(
+            f"unknown aggregator '{aggregator}'; choose one of {', '.join(AGGREGATORS)}"
+        )
+    if weighting not in WEIGHTINGS:
+        raise ConfigError(f"unknown weighting '{weighting}'; choose one of {', '.join(WEIGHTINGS)}")
     t_start = time.perf_counter()
     if rounds < 1:
         raise ConfigError(f"rounds must be ≥ 1, got {rounds}")
@@ -484,15 +600,24 @@ def simulate_fedavg(
                 if update_tamper is not None:
                     state = update_tamper(cid, state)
                 states.append(state)
-                weights.append(len(part))
+                reported = len(part) if count_tamper is None else count_tamper(cid, len(part))
+                weights.append(reported)
                 prev = result.clients.get(cid, {})
                 result.clients[cid] = {
-                    "num_examples": len(part),
+                    "num_examples": reported,
+                    "client_reported": ["num_examples"],
                     "seconds": prev.get("seconds", 0.0) + seconds,
                     "bytes": prev.get("bytes", 0) + size,
                 }
             t0 = time.perf_counter()
-            global_model.load_state_dict(fedavg_aggregate(states, weights))
+            new_state, used = robust_aggregate(
+                states,
+                fedavg_weights(weights, weighting),
+                aggregator,
+                beta=trim_beta,
+                num_malicious=num_malicious,
+            )
+            global_model.load_state_dict(new_state)
             result.server_seconds += time.perf_counter() - t0
             acc = accuracy(global_model, test, device)
             up = down = size * len(parts)
@@ -505,6 +630,7 @@ def simulate_fedavg(
                     "bytes_up": up,
                     "bytes_down": down,
                     "cum_bytes_up": result.bytes_up,
+                    "aggregated": [list(parts)[i] for i in used],
                 }
             )
             bar.advance(acc=acc)

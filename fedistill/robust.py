@@ -385,3 +385,102 @@ def _loo_test(
                 f"reach {s.expected:.2f} on the same classes (deficit {d - med:.2f} above "
                 f"the median > threshold {threshold:.2f}): labels disagree with the images"
             )
+
+
+# --------------------------------------------------------------------------- FedAvg aggregation
+
+# Byzantine-robust aggregation of model updates, as Flower's strategies compute it
+# (``flwr.serverapp.strategy``: FedMedian, FedTrimmedAvg, MultiKrum), but on plain state dicts so
+# the library's in-process FedAvg (:func:`fedistill.federated.simulate_fedavg`) runs the same
+# rules without Flower. Tests compare each against Flower's own function.
+AGGREGATORS = ("fedavg", "median", "trimmed-mean", "multikrum")
+
+
+def aggregate_median(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Coordinate-wise median (FedMedian; Yin et al. 2018). Unweighted, like Flower's: a
+    client's reported example count cannot move it. Even counts average the two middle values
+    (``np.median``), integer buffers are rounded back to their dtype."""
+    if not states:
+        raise ConfigError("no client updates to aggregate")
+    out = {}
+    for key in states[0]:
+        stack = torch.stack([s[key].double() for s in states])
+        med = stack.quantile(0.5, dim=0) if stack.numel() else stack.mean(0)
+        out[key] = _as_dtype(med, states[0][key])
+    return out
+
+
+def aggregate_trimmed_mean(
+    states: list[dict[str, torch.Tensor]], beta: float = 0.2
+) -> dict[str, torch.Tensor]:
+    """Coordinate-wise trimmed mean (FedTrimmedAvg): drop the ``⌊beta·n⌋`` smallest and largest
+    values of every coordinate, average the rest. Unweighted, like Flower's."""
+    if not states:
+        raise ConfigError("no client updates to aggregate")
+    if not 0.0 <= beta < 0.5:
+        raise ConfigError(f"trimmed mean needs beta in [0, 0.5), got {beta}")
+    n = len(states)
+    cut = int(beta * n)
+    out = {}
+    for key in states[0]:
+        stack = torch.stack([s[key].double() for s in states]).sort(dim=0).values
+        out[key] = _as_dtype(stack[cut : n - cut].mean(0), states[0][key])
+    return out
+
+
+def select_multikrum(
+    states: list[dict[str, torch.Tensor]], num_malicious: int, num_selected: int
+) -> list[int]:
+    """Indices of the updates MultiKrum keeps (Blanchard et al. 2017; Flower's
+    ``select_multikrum``): each update is scored by the sum of squared distances to its
+    ``n − f − 2`` nearest others; the ``num_selected`` lowest scores win (1: Krum)."""
+    if not states:
+        raise ConfigError("no client updates to aggregate")
+    if num_malicious < 0 or num_selected < 1:
+        raise ConfigError("multikrum needs num_malicious ≥ 0 and num_selected ≥ 1")
+    flat = torch.stack([torch.cat([s[k].double().flatten() for k in states[0]]) for s in states])
+    dist = torch.cdist(flat, flat) ** 2
+    closest = max(1, len(states) - num_malicious - 2)
+    scores = []
+    for i in range(len(states)):
+        order = torch.argsort(dist[i], stable=True)
+        others = order[order != i][:closest]
+        scores.append(float(dist[i, others].sum()))
+    ranked = sorted(range(len(states)), key=lambda i: (scores[i], i))
+    return ranked[:num_selected]
+
+
+def robust_aggregate(
+    states: list[dict[str, torch.Tensor]],
+    weights: list[float],
+    rule: str = "fedavg",
+    *,
+    beta: float = 0.2,
+    num_malicious: int = 0,
+    num_selected: int | None = None,
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Aggregate client states with ``rule`` (one of :data:`AGGREGATORS`); returns the new
+    state and the indices of the updates that entered it. ``weights`` (already clipped by the
+    caller) matter for ``fedavg`` and for the mean of MultiKrum's selection only."""
+    from fedistill.federated import fedavg_aggregate
+
+    if rule not in AGGREGATORS:
+        raise ConfigError(f"unknown aggregator '{rule}'; choose one of {', '.join(AGGREGATORS)}")
+    if len(states) != len(weights):
+        raise ConfigError("one weight per client update is needed")
+    everyone = list(range(len(states)))
+    if rule == "fedavg":
+        return fedavg_aggregate(states, weights), everyone
+    if rule == "median":
+        return aggregate_median(states), everyone
+    if rule == "trimmed-mean":
+        return aggregate_trimmed_mean(states, beta), everyone
+    k = num_selected if num_selected is not None else max(1, len(states) - num_malicious)
+    chosen = select_multikrum(states, num_malicious, k)
+    return fedavg_aggregate([states[i] for i in chosen], [weights[i] for i in chosen]), chosen
+
+
+def _as_dtype(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if like.dtype.is_floating_point:
+        return value.to(like.dtype)
+    return value.round().to(like.dtype)

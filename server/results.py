@@ -7,7 +7,9 @@ one, under ``"baseline"`` with the same keys)::
     {"run_name", "status": running|completed|failed, "error", "config": {run config},
      "strategy", "accuracy", "accuracies", "rounds": [{"round", "accuracy", "bytes_up",
         "bytes_down", "cum_bytes_up", "server_seconds", "client_seconds_max",
-        "clients": {node_id: {partition_id, num_examples, seconds, bytes, epsilon, ...}},
+        "clients": {node_id: {partition_id, num_examples, seconds, bytes, epsilon, ...,
+                              client_reported: [names of the figures above that the client
+                              reported and the server could only check for validity]}},
         "dropped": [{"node_id", "partition_id", "round", "reason"}], "kept": [node_id]}],
      "clients": {node_id: metrics of the last round}, "dropped": [... all rounds ...],
      "bytes_up", "bytes_down", "server_seconds", "client_seconds", "wall_seconds",
@@ -238,16 +240,18 @@ def format_table(data: dict[str, Any]) -> str:
         f"{data['config'].get('ipc')}, {len(data['rounds'])} round(s)"
     )
     lines.append(
-        f"{'client':>8} {'partition':>9} {'examples':>8} {'ε':>8} {'bytes up':>10} {'seconds':>8}"
+        f"{'client':>8} {'partition':>9} {'examples*':>9} {'ε*':>8} {'bytes up':>10} "
+        f"{'seconds*':>8}"
     )
     for node, m in sorted(data["clients"].items(), key=lambda kv: kv[1].get("partition_id", 0)):
         eps = m.get("epsilon")
         lines.append(
             f"{str(node)[-8:]:>8} {int(m.get('partition_id', -1)):>9} "
-            f"{int(m.get('num_examples', 0)):>8} "
+            f"{int(m.get('num_examples', 0)):>9} "
             f"{(f'{eps:.3g}' if eps is not None else '∞ (none)'):>8} "
             f"{_fmt_bytes(m.get('bytes', 0)):>10} {m.get('seconds', 0.0):>8.1f}"
         )
+    lines.append("  * client-reported: checked for validity, not verified by the server")
     for d in data["dropped"]:
         lines.append(
             f"  dropped: node {d.get('node_id')} (partition {d.get('partition_id', '?')}) in "

@@ -33,7 +33,7 @@ from clients.task import (
 from fedistill.data import DatasetInfo, LabeledImages
 from fedistill.errors import ConfigError
 from fedistill.evaluate import accuracy
-from fedistill.federated import fresh_model_accuracies, train_global
+from fedistill.federated import fedavg_weights, fresh_model_accuracies, train_global
 from fedistill.synthetic import SyntheticSet
 from server.results import Section
 from server.validate import ReplyError, validate_synthetic_reply, validate_update_reply
@@ -183,7 +183,9 @@ def run_feddm(
                 dropped.append(_drop(node, f"invalid reply: {exc}", msg))
                 continue
             sets[node] = valid.syn
-            clients[node] = dict(valid.metrics, bytes=valid.payload_bytes)
+            clients[node] = dict(
+                valid.metrics, bytes=valid.payload_bytes, client_reported=valid.client_reported
+            )
 
         kept = sorted(sets)
         if filter_sets is not None and sets:
@@ -265,15 +267,84 @@ def _robust_filter():
 # --------------------------------------------------------------------------- FedAvg
 
 
+ROBUST_AGGREGATORS = ("fedavg", "median", "trimmed-mean", "multikrum")
+
+
+def aggregate_contents(
+    contents: list[RecordDict],
+    key: str,
+    weighted_by: str,
+    aggregator: str = "fedavg",
+    *,
+    beta: float = 0.2,
+    num_malicious: int = 0,
+    num_selected: int | None = None,
+) -> tuple[ArrayRecord, list[int]]:
+    """Validated replies aggregated with Flower's own rules: ``fedavg``
+    (``aggregate_arrayrecords``, weighted by ``weighted_by``), ``median`` (FedMedian's
+    coordinate-wise ``np.median``), ``trimmed-mean`` (FedTrimmedAvg's ``trim_mean``, ``beta``),
+    ``multikrum`` (MultiKrum's ``select_multikrum``, then the weighted mean of the selection).
+    Returns the arrays and the indices of the replies used. The library's Flower-free twin is
+    :func:`fedistill.robust.robust_aggregate`."""
+    import numpy as np
+    from flwr.app import Array
+    from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+    from flwr.serverapp.strategy.multikrum import select_multikrum
+
+    if aggregator not in ROBUST_AGGREGATORS:
+        raise ConfigError(
+            f"unknown aggregator '{aggregator}'; choose one of {', '.join(ROBUST_AGGREGATORS)}"
+        )
+    everyone = list(range(len(contents)))
+    if aggregator == "fedavg":
+        return aggregate_arrayrecords(contents, weighted_by), everyone
+    if aggregator == "multikrum":
+        k = num_selected if num_selected is not None else max(1, len(contents) - num_malicious)
+        chosen = select_multikrum(
+            contents, num_malicious_nodes=num_malicious, num_nodes_to_select=k
+        )
+        ids = [next(i for i, c in enumerate(contents) if c is x) for x in chosen]
+        return aggregate_arrayrecords(chosen, weighted_by), ids
+    names = list(contents[0][key].keys())
+    out = ArrayRecord()
+    for name in names:
+        layers = np.stack([c[key][name].numpy() for c in contents])
+        value = np.median(layers, axis=0) if aggregator == "median" else trim_mean(layers, beta)
+        out[name] = Array(np.asarray(value).astype(layers.dtype))
+    return out, everyone
+
+
 class CheckedFedAvg(FedAvg):
     """Flower's FedAvg; every reply is validated first (bad ones are dropped with a reason)
-    and per-client metrics and bytes go to the results."""
+    and per-client metrics and bytes go to the results.
+
+    Weighting: the reported ``num-examples`` are client-reported and cannot be verified, so
+    they are clipped to the median reported count (:func:`fedistill.federated.fedavg_weights`,
+    ``weighting``) before Flower averages: one client claiming 1e9 examples weighs no more than
+    a typical honest client. ``aggregator`` swaps the mean for Flower's FedMedian,
+    FedTrimmedAvg or MultiKrum rule (:func:`aggregate_contents`).
+    """
 
     def __init__(
-        self, section: Section, s: RunSettings, nodes: list[int] | None = None, **kwargs: Any
+        self,
+        section: Section,
+        s: RunSettings,
+        nodes: list[int] | None = None,
+        *,
+        aggregator: str = "fedavg",
+        weighting: str = "clipped",
+        trim_beta: float = 0.2,
+        num_malicious: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(fraction_evaluate=0.0, **kwargs)
+        if aggregator not in ROBUST_AGGREGATORS:
+            raise ConfigError(
+                f"unknown aggregator '{aggregator}'; choose one of {', '.join(ROBUST_AGGREGATORS)}"
+            )
         self.section, self.settings = section, s
+        self.aggregator, self.weighting = aggregator, weighting
+        self.trim_beta, self.num_malicious = trim_beta, num_malicious
         self.nodes = set(nodes) if nodes is not None else None
         self._messages: list[Message] = []  # the grid stamps their message ids when it pushes
         self._reference: ArrayRecord | None = None
@@ -299,6 +370,7 @@ class CheckedFedAvg(FedAvg):
         clients: dict[int, dict[str, Any]] = {}
         dropped: list[dict[str, Any]] = []
         contents: list[RecordDict] = []
+        accepted: list[Any] = []
         up = 0
         for node in (m.metadata.dst_node_id for m in self._messages):
             msg = got.get(node)
@@ -319,21 +391,31 @@ class CheckedFedAvg(FedAvg):
             except ReplyError as exc:
                 dropped.append(_drop(node, f"invalid reply: {exc}", msg))
                 continue
-            clients[node] = dict(valid.metrics, bytes=valid.payload_bytes)
+            clients[node] = dict(
+                valid.metrics, bytes=valid.payload_bytes, client_reported=valid.client_reported
+            )
+            accepted.append(valid)
+        weights = fedavg_weights([v.metrics["num_examples"] for v in accepted], self.weighting)
+        for valid, weight in zip(accepted, weights, strict=True):
             # a clean record with the same keys for every client (Flower checks consistency)
             contents.append(
                 RecordDict(
                     {
                         self.arrayrecord_key: valid.arrays,
-                        METRICS_KEY: MetricRecord(
-                            {self.weighted_by_key: float(valid.metrics["num_examples"])}
-                        ),
+                        METRICS_KEY: MetricRecord({self.weighted_by_key: float(weight)}),
                     }
                 )
             )
         arrays = metrics = None
         if contents:
-            arrays = aggregate_arrayrecords(contents, self.weighted_by_key)
+            arrays, _used = aggregate_contents(
+                contents,
+                self.arrayrecord_key,
+                self.weighted_by_key,
+                self.aggregator,
+                beta=self.trim_beta,
+                num_malicious=self.num_malicious,
+            )
             metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         self._pending.update(
             clients=clients, dropped=dropped, up=up, server_seconds=time.perf_counter() - t0
@@ -379,6 +461,8 @@ def run_fedavg(
     section: Section,
     *,
     exclude: set[int] | frozenset[int] = frozenset(),
+    aggregator: str = "fedavg",
+    num_malicious: int = 0,
 ) -> nn.Module:
     """FedAvg rounds with Flower's FedAvg on the connected nodes (less ``exclude``, e.g. nodes
     that never replied to the main strategy); a fresh model to start."""
@@ -397,6 +481,8 @@ def run_fedavg(
         section,
         s,
         nodes=nodes,
+        aggregator=aggregator,
+        num_malicious=num_malicious,
         min_train_nodes=len(nodes),
         min_available_nodes=len(nodes),
         arrayrecord_key=ARRAYS_KEY,

@@ -9,7 +9,14 @@ FedDM replies (a synthetic set) pass, in order:
 3. the decoded arrays (``np.load`` without pickle) match what was declared;
 4. ``SyntheticSet.from_arrays``: finite values, label range, soft-label rows;
 5. :func:`fedistill.federated.check_client_set`: dataset, image shape, images per class,
-   bytes.
+   bytes, image values inside the dataset's plausible normalised range (pixel range ± ten
+   widths; the bound is justified in :func:`fedistill.federated.plausible_range`), valid
+   privacy facts in the provenance.
+
+The client's metrics (num-examples, seconds, ε, δ, ρ, ...) are checked for validity
+(:func:`reply_metrics`) and a reply with an impossible one is refused; the valid ones are
+still only *client-reported*, and the results say so (``client_reported``). The server counts
+the synthetic images itself.
 
 The server's own facts (dataset name, normalisation, classes) go into the set's metadata;
 the client's provenance is kept only for the record. FedAvg replies (a model update) are
@@ -46,6 +53,7 @@ class ValidReply:
     metrics: dict[str, Any] = field(default_factory=dict)
     arrays: ArrayRecord | None = None
     payload_bytes: int = 0
+    client_reported: list[str] = field(default_factory=list)  # metric names not verified
 
 
 def _array(record: ArrayRecord, name: str) -> Array:
@@ -72,16 +80,60 @@ def _decode(arr: Array, name: str) -> np.ndarray:
     return value
 
 
+# Caps on client-reported figures: far above any honest value, so only nonsense is refused.
+MAX_COUNT = 10**9  # examples, synthetic images, bytes, partition ids
+MAX_SECONDS = 7 * 24 * 3600.0  # one week of client work per round
+
+# What each reported metric must be; a reply breaking one is refused with the reason.
+_COUNT_KEYS = ("num-examples", "num-synthetic", "bytes", "partition-id")
+
+
+def _check_metric(key: str, value: Any) -> str | None:
+    """Why a client-reported metric is invalid, or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"metric '{key}' must be a number, got {type(value).__name__}"
+    if not math.isfinite(value):
+        return f"metric '{key}' must be finite, got {value}"
+    if key in _COUNT_KEYS:
+        if value != int(value) or not 0 <= value <= MAX_COUNT:
+            return f"metric '{key}' must be an integer in [0, {MAX_COUNT}], got {value}"
+    elif key == "seconds":
+        if not 0 <= value <= MAX_SECONDS:
+            return f"metric 'seconds' must lie in [0, {MAX_SECONDS:g}], got {value}"
+    elif key == "delta":
+        if not 0 <= value < 1:
+            return f"metric 'delta' must lie in [0, 1), got {value}"
+    elif key in ("epsilon", "rho") and value < 0:
+        return f"metric '{key}' must be ≥ 0, got {value}"
+    return None
+
+
 def reply_metrics(content: RecordDict) -> dict[str, Any]:
-    """The client's metrics: only known keys, only finite numbers."""
+    """The client's metrics: only known keys, each checked for validity (counts are integers
+    in [0, MAX_COUNT], seconds in [0, one week], ε ≥ 0, δ ∈ [0, 1), ρ ≥ 0, all finite).
+    ReplyError names the first invalid one. Every value here is *client-reported*: the server
+    checks that it is possible, not that it is true."""
     out: dict[str, Any] = {}
     if METRICS_KEY in content and isinstance(content[METRICS_KEY], MetricRecord):
         rec = content[METRICS_KEY]
         for key in (*METRIC_KEYS, "partition-id"):
+            if key not in rec:
+                continue
             value = rec.get(key)
-            if isinstance(value, int | float) and math.isfinite(value):
-                out[key.replace("-", "_")] = value
+            if isinstance(value, list):
+                raise ReplyError(f"metric '{key}' must be a number, got a list")
+            why = _check_metric(key, value)
+            if why is not None:
+                raise ReplyError(why)
+            if key in _COUNT_KEYS:
+                value = int(value)
+            out[key.replace("-", "_")] = value
     return out
+
+
+def client_reported(metrics: dict[str, Any], verified: tuple[str, ...] = ()) -> list[str]:
+    """The metric names the server took from the client unverified (for the results)."""
+    return sorted(k for k in metrics if k not in verified and k != "partition_id")
 
 
 def validate_synthetic_reply(
@@ -115,6 +167,7 @@ def validate_synthetic_reply(
     want_y = (n,) if ay.dtype == "int64" else (n, k)
     if ys != want_y:
         raise ReplyError(f"labels have shape {ys}, expected {want_y}")
+    reply_metrics(content)  # refuse impossible client-reported figures before decoding
     x, y = _decode(ax, "x"), _decode(ay, "y")
     meta = _meta(content, info, y)
     try:
@@ -122,7 +175,14 @@ def validate_synthetic_reply(
         check_client_set(syn, info, max_ipc=max_ipc, max_bytes=max_bytes)
     except FedistillError as exc:
         raise ReplyError(str(exc)) from None
-    return ValidReply(syn, reply_metrics(content), payload_bytes=record.count_bytes())
+    metrics = reply_metrics(content)
+    metrics["num_synthetic"] = len(syn)  # the server counts these itself
+    return ValidReply(
+        syn,
+        metrics,
+        payload_bytes=record.count_bytes(),
+        client_reported=client_reported(metrics, verified=("num_synthetic",)),
+    )
 
 
 def _meta(content: RecordDict, info: DatasetInfo, y: np.ndarray) -> dict[str, Any]:
@@ -184,4 +244,10 @@ def validate_update_reply(
         raise ReplyError(f"expected exactly one metric record '{METRICS_KEY}'")
     if not metrics.get("num_examples", 0) > 0:
         raise ReplyError("num-examples must be a positive number")
-    return ValidReply(None, metrics, arrays=record, payload_bytes=size)
+    return ValidReply(
+        None,
+        metrics,
+        arrays=record,
+        payload_bytes=size,
+        client_reported=client_reported(metrics),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
@@ -43,3 +44,70 @@ def test_a_reply_to_an_unknown_message_falls_back_to_its_source():
     a = _sent(11, "m-11")
     stray = Message(RecordDict(), reply_to=_sent(33, "other"))
     assert set(replies_by_node([a], [stray])) == {33}
+
+
+# ------------------------------------------------------------------ robust FedAvg aggregation
+
+
+def _states(n: int = 7, seed: int = 0):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        {"w": torch.randn(3, 4, generator=gen), "b": torch.randn(4, generator=gen)}
+        for _ in range(n)
+    ]
+
+
+def _contents(states, weights):
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, MetricRecord
+
+    return [
+        RecordDict(
+            {
+                "arrays": ArrayRecord(
+                    {k: Array(v.numpy().astype(np.float32)) for k, v in s.items()}
+                ),
+                "metrics": MetricRecord({"num-examples": float(w)}),
+            }
+        )
+        for s, w in zip(states, weights, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("rule", ["fedavg", "median", "trimmed-mean", "multikrum"])
+def test_library_aggregators_match_flowers_own(rule):
+    import numpy as np
+
+    from fedistill.robust import robust_aggregate
+    from server.strategies import aggregate_contents
+
+    states = _states()
+    weights = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0]
+    ours, used = robust_aggregate(states, weights, rule, beta=0.2, num_malicious=2)
+    flower, used_f = aggregate_contents(
+        _contents(states, weights), "arrays", "num-examples", rule, beta=0.2, num_malicious=2
+    )
+    assert sorted(used) == sorted(used_f)
+    for key in ours:
+        np.testing.assert_allclose(ours[key].numpy(), flower[key].numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule", ["median", "trimmed-mean", "multikrum"])
+def test_robust_aggregators_resist_one_scaled_update_where_the_mean_does_not(rule):
+    from fedistill.robust import robust_aggregate
+
+    states = _states(5)
+    honest_mean, _ = robust_aggregate(states[1:], [1.0] * 4, "fedavg")
+    attacked = [{k: v * 1e3 for k, v in states[0].items()}, *states[1:]]
+    mean, _ = robust_aggregate(attacked, [1.0] * 5, "fedavg")
+    robust, used = robust_aggregate(attacked, [1.0] * 5, rule, beta=0.2, num_malicious=1)
+
+    def dist(a):
+        return max(float((a[k] - honest_mean[k]).abs().max()) for k in a)
+
+    assert dist(mean) > 100  # positive control: the mean is captured
+    assert dist(robust) < 3  # the robust rule stays among the honest values
+    if rule == "multikrum":
+        assert 0 not in used

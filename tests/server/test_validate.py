@@ -48,7 +48,13 @@ def test_accepts_a_good_set(honest, digits_train):
     assert torch.equal(valid.syn.images, honest.images)
     assert torch.equal(valid.syn.labels, honest.labels)
     assert valid.syn.meta["method"] == "random"
-    assert valid.metrics == {"num_examples": 100, "seconds": 1.5, "partition_id": 2}
+    assert valid.metrics == {
+        "num_examples": 100,
+        "seconds": 1.5,
+        "partition_id": 2,
+        "num_synthetic": len(honest),  # counted by the server, not taken from the client
+    }
+    assert valid.client_reported == ["num_examples", "seconds"]
     assert valid.payload_bytes >= honest.nbytes()
 
 
@@ -81,6 +87,56 @@ def test_rejects_tampered_replies(kind, reason, honest, digits_train):
     content = tamper(reply(honest), kind, s)
     with pytest.raises(ReplyError, match=reason):
         check(content, digits_train.info, max_bytes=s.max_bytes)
+
+
+def test_rejects_finite_images_far_outside_the_normalised_range(honest, digits_train):
+    # finite, so every earlier check passes; one such client took a pooled model to chance
+    x = np.full(tuple(honest.images.shape), 1e30, dtype=np.float32)
+    content = reply(
+        honest, synthetic=ArrayRecord({"x": Array(x), "y": Array(honest.labels.numpy())})
+    )
+    with pytest.raises(ReplyError, match="outside the plausible range"):
+        check(content, digits_train.info)
+    # the honest images, a little beyond the pixel range (as optimised sets are), pass
+    x = honest.images.numpy() * 1.5
+    content = reply(
+        honest, synthetic=ArrayRecord({"x": Array(x), "y": Array(honest.labels.numpy())})
+    )
+    check(content, digits_train.info)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "reason"),
+    [
+        ({"num-examples": 100, "epsilon": -5.0}, "epsilon"),
+        ({"num-examples": 100, "delta": 1.0}, "delta"),
+        ({"num-examples": 100, "rho": -1.0}, "rho"),
+        ({"num-examples": 1e18}, "num-examples"),
+        ({"num-examples": 2.5}, "num-examples"),
+        ({"num-examples": -3}, "num-examples"),
+        ({"num-examples": 100, "seconds": -1.0}, "seconds"),
+        ({"num-examples": 100, "seconds": float("inf")}, "finite"),
+        ({"num-examples": 100, "bytes": 1e15}, "bytes"),
+    ],
+)
+def test_impossible_client_reported_metrics_are_refused(metrics, reason, honest, digits_train):
+    content = reply(honest, metrics=MetricRecord(metrics))
+    with pytest.raises(ReplyError, match=reason):
+        check(content, digits_train.info)
+
+
+def test_valid_privacy_metrics_are_kept_as_client_reported(honest, digits_train):
+    m = {"num-examples": 100, "epsilon": 3.0, "delta": 1e-5, "rho": 0.5}
+    valid = check(reply(honest, metrics=MetricRecord(m)), digits_train.info)
+    assert valid.metrics["epsilon"] == 3.0 and valid.metrics["delta"] == 1e-5
+    assert set(valid.client_reported) == {"num_examples", "epsilon", "delta", "rho"}
+
+
+def test_impossible_privacy_facts_in_the_provenance_are_refused(honest, digits_train):
+    lying = dict(honest.meta, privacy={"epsilon": -5.0, "delta": 1e-5})
+    content = reply(honest, provenance=ConfigRecord({"json": json.dumps(lying)}))
+    with pytest.raises(ReplyError, match="epsilon"):
+        check(content, digits_train.info)
 
 
 def test_rejects_too_many_images_per_class_within_total(honest, digits_train):
@@ -196,3 +252,9 @@ def test_update_accepted_and_checked(reference):
         validate_update_reply(update(reference), reference, arrays_key="arrays", max_bytes=100)
     with pytest.raises(ReplyError, match="num-examples"):
         validate_update_reply(update(reference, n=0), reference, arrays_key="arrays", max_bytes=CAP)
+    with pytest.raises(ReplyError, match="num-examples"):  # over the cap: refused, not clipped
+        validate_update_reply(
+            update(reference, n=10**18), reference, arrays_key="arrays", max_bytes=CAP
+        )
+    valid = validate_update_reply(update(reference), reference, arrays_key="arrays", max_bytes=CAP)
+    assert valid.client_reported == ["num_examples"]
