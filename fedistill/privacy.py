@@ -6,6 +6,12 @@ multiplier σ from :func:`calibrate_noise` (or checks a given σ with :func:`che
 every evaluation it actually makes with a :class:`PrivacyLedger`, and at the end reads the ε it
 spent back from a fresh Opacus accountant over (σ, q, steps) — :func:`spent_epsilon`. The result
 is a :class:`PrivacyFacts`, written into the synthetic set's provenance as ``meta["privacy"]``.
+A client taking part in several rounds keeps one ledger for the whole run: σ is calibrated
+once for every step of every round, and the ε recorded after each round is the composition of
+the whole history so far (:func:`history_epsilon`).
+
+Noise and sampling that protect data come from :func:`secure_generator` (unrecorded OS
+entropy), never from a run's published seed (:func:`noise_generator`).
 
 Composition of ``steps`` identical Poisson-subsampled Gaussian mechanisms is what an Opacus
 accountant records after ``steps`` calls of ``step(noise_multiplier=σ, sample_rate=q)``: its
@@ -17,9 +23,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass
 
+import torch
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
@@ -141,10 +149,72 @@ def check_budget(
     return spent
 
 
+# --------------------------------------------------------------------------- secure noise
+
+NEIGHBOURING = "add/remove one example (Poisson subsampling; what Opacus's accountants assume)"
+
+
+def secure_generator(device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator seeded from 63 bits of OS entropy (``os.urandom``), never recorded.
+
+    Noise and sampling that protect data draw from this, never from a run's published seed:
+    whoever holds a set and its seed must not be able to regenerate the noise and subtract it.
+    (Opacus's ``secure_mode`` goes further with a CSPRNG, ``torchcsprng``, which is not
+    installed here; a Philox/Mersenne stream from an unrecorded 63-bit seed is what the
+    reference code's clock-seeded generator offered, with a seed that cannot be guessed.)
+    """
+    gen = torch.Generator(device=torch.device(device))
+    gen.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    return gen
+
+
+def noise_generator(
+    seed: int, secure: bool = True, device: torch.device | str = "cpu"
+) -> torch.Generator:
+    """The generator of a private mechanism's noise and sampling: :func:`secure_generator`, or
+    (``secure=False``, tests and debugging only) one replayable from ``seed``, a stream apart
+    from the seed's public draws. A replayable stream voids the guarantee: mark it so."""
+    if secure:
+        return secure_generator(device)
+    gen = torch.Generator(device=torch.device(device))
+    return gen.manual_seed((int(seed) * 0x9E3779B1 + 0x5EED) % (1 << 63))
+
+
+def gaussian_noise(
+    shape: torch.Size | tuple[int, ...],
+    std: float,
+    generator: torch.Generator,
+    *,
+    secure: bool = True,
+) -> torch.Tensor:
+    """N(0, std²) noise of ``shape`` on the generator's device. ``secure``: as Opacus's
+    ``secure_mode``, the mean of 4 draws times 2 (sum of 4 halves), so the floating-point
+    pattern of one Gaussian sample does not give it away (Holohan & Braghin 2021, §5.1)."""
+    if std == 0:
+        return torch.zeros(shape, device=generator.device)
+    if not secure:
+        return torch.randn(shape, generator=generator, device=generator.device) * std
+    torch.randn((1, 1), generator=generator, device=generator.device)  # thrown away, as Opacus
+    out = torch.zeros(shape, device=generator.device)
+    for _ in range(4):
+        out += torch.randn(shape, generator=generator, device=generator.device)
+    return out * (std / 2)
+
+
+# --------------------------------------------------------------------------- the record
+
+
 @dataclass
 class PrivacyFacts:
     """The privacy record of a set; ``to_dict()`` is what goes into ``meta["privacy"]``
-    (fields that do not apply — None — are left out)."""
+    (fields that do not apply — None — are left out).
+
+    ``epsilon`` is the ε spent so far (over every round the ledger has seen); ``budget`` the
+    target it was planned against; ``history`` the Opacus accountant history
+    ``[(σ, q, steps), …]`` it was read from; ``noise`` is ``"secure"`` or ``"replayable"``
+    (then ``guarantee`` is False: ε is a number, not a guarantee); ``neighbouring`` and
+    ``public`` state what the guarantee is about and what it treats as public.
+    """
 
     mechanism: str
     epsilon: float | None = None
@@ -155,19 +225,48 @@ class PrivacyFacts:
     sample_rate: float | None = None
     steps: int | None = None
     rho: float | None = None
+    budget: float | None = None
+    planned_steps: int | None = None
+    history: list[list[float]] | None = None
+    noise: str | None = None
+    guarantee: bool | None = None
+    neighbouring: str | None = None
+    public: list[str] | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+def history_epsilon(
+    history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp"
+) -> float:
+    """ε of an Opacus accountant whose history is ``[(σ, q, steps), …]`` (a fresh one, so the
+    figure is read back, never typed in). Empty: 0; any σ = 0 entry: ∞."""
+    entries = [(float(s), float(q), int(n)) for s, q, n in history if int(n) > 0]
+    for _s, q, n in entries:
+        _check_args(q, n, delta, accountant)
+    if not entries:
+        return 0.0
+    if any(s == 0 for s, _, _ in entries):
+        return math.inf
+    acc = create_accountant(mechanism=accountant)
+    acc.history = entries
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(acc.get_epsilon(delta=delta))
+
+
 class PrivacyLedger:
-    """Counts private gradient evaluations against a budget fixed before the run.
+    """One client's privacy ledger: private evaluations counted against a budget fixed before
+    the first of them, over every round it takes part in.
 
     ``PrivacyLedger(epsilon, delta, sample_rate, planned_steps, noise_multiplier=None)``
-    calibrates σ when none is given, or checks the given σ against the budget (raising
-    PrivacyBudgetExceeded before any data is touched). ``spend()`` is called once per private
-    evaluation, *before* it runs; a step past the planned count would leave the checked budget
-    and raises instead. ``facts(clip)`` reads the ε actually spent from a fresh accountant.
+    calibrates σ once for all ``planned_steps`` (e.g. rounds × steps per round) when none is
+    given, or checks the given σ against the budget (raising PrivacyBudgetExceeded before any
+    data is touched). ``reserve(n)`` refuses a round that would go past the plan before it
+    starts; ``spend()`` is called once per private evaluation, *before* it runs.
+    ``epsilon_spent()`` reads the composed ε of the whole history from a fresh accountant;
+    ``state()`` / :meth:`from_state` carry the ledger from one round to the next.
     """
 
     def __init__(
@@ -192,7 +291,22 @@ class PrivacyLedger:
         self.planned_epsilon = check_budget(
             epsilon, delta, self.noise_multiplier, sample_rate, planned_steps, accountant
         )
-        self.steps = 0
+        self.history: list[tuple[float, float, int]] = []
+
+    @property
+    def steps(self) -> int:
+        """Private evaluations spent so far (all rounds)."""
+        return sum(n for _, _, n in self.history)
+
+    def reserve(self, steps: int) -> None:
+        """Refuse, before any data is touched, a run of ``steps`` more evaluations that would
+        go past the plan."""
+        if self.steps + steps > self.planned_steps:
+            raise PrivacyBudgetExceeded(
+                f"privacy budget exceeded: this client's ledger (ε = {self.epsilon:g}, "
+                f"δ = {self.delta:g}) was planned for {self.planned_steps} private steps, "
+                f"{self.steps} are spent, and {steps} more were asked for"
+            )
 
     def spend(self) -> None:
         """Account one private evaluation (call before running it)."""
@@ -201,14 +315,18 @@ class PrivacyLedger:
                 f"privacy budget exceeded: the run was checked for {self.planned_steps} private "
                 f"steps (ε = {self.epsilon:g}, δ = {self.delta:g}) and asked for one more"
             )
-        self.steps += 1
+        entry = (self.noise_multiplier, self.sample_rate)
+        if self.history and self.history[-1][:2] == entry:  # as Opacus's accountants merge
+            self.history[-1] = (*entry, self.history[-1][2] + 1)
+        else:
+            self.history.append((*entry, 1))
 
     def epsilon_spent(self) -> float:
-        return spent_epsilon(
-            self.noise_multiplier, self.sample_rate, self.steps, self.delta, self.accountant
-        )
+        return history_epsilon(self.history, self.delta, self.accountant)
 
-    def facts(self, clip: float | None = None) -> PrivacyFacts:
+    def facts(self, clip: float | None = None, **extra) -> PrivacyFacts:
+        """The record of what was spent so far; ``extra``: further :class:`PrivacyFacts`
+        fields (noise, guarantee, neighbouring, public)."""
         return PrivacyFacts(
             mechanism=self.mechanism,
             epsilon=self.epsilon_spent(),
@@ -218,4 +336,44 @@ class PrivacyLedger:
             clip=clip,
             sample_rate=self.sample_rate,
             steps=self.steps,
+            budget=self.epsilon,
+            planned_steps=self.planned_steps,
+            history=[[s, q, n] for s, q, n in self.history],
+            **extra,
         )
+
+    def state(self) -> dict:
+        """JSON-ready state (what :meth:`from_state` rebuilds the ledger from)."""
+        return {
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "sample_rate": self.sample_rate,
+            "planned_steps": self.planned_steps,
+            "noise_multiplier": self.noise_multiplier,
+            "accountant": self.accountant,
+            "mechanism": self.mechanism,
+            "history": [[s, q, n] for s, q, n in self.history],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> PrivacyLedger:
+        """The ledger :meth:`state` (or a set's ``meta["privacy"]``, whose ``budget`` is the
+        target ε) describes; the budget is re-checked for the planned steps."""
+        try:
+            ledger = cls(
+                float(state.get("budget", state["epsilon"])),
+                float(state["delta"]),
+                float(state["sample_rate"]),
+                int(state["planned_steps"]),
+                noise_multiplier=float(state["noise_multiplier"]),
+                accountant=str(state["accountant"]),
+                mechanism=str(state["mechanism"]),
+            )
+            ledger.history = [(float(s), float(q), int(n)) for s, q, n in state["history"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"not a privacy ledger's state: {exc}") from None
+        if ledger.steps > ledger.planned_steps:
+            raise PrivacyBudgetExceeded(
+                f"ledger state spends {ledger.steps} steps, over its plan of {ledger.planned_steps}"
+            )
+        return ledger

@@ -6,20 +6,54 @@ Poisson-subsampled Gaussian mechanism below, and everything after that is post-p
 
 Algorithm (the reference's ``main.py``, in the names of :class:`PSGConfig`)::
 
-    S ← noise (never real images); labels: ipc per present class
-    σ ← calibrated so that T = iterations·outer_loop·batch_loop private steps at
+    S ← noise (never real images); labels: ipc per present class      (public randomness)
+    ledger ← the client's ledger; in its first round: σ calibrated so that
+        R·T private steps (R = rounds, T = iterations·outer_loop·batch_loop) at
         q = batch_real / N spend at most (ε, δ)   [or a given σ, checked against (ε, δ)]
+    refuse the round if the ledger's spent steps + T exceed R·T          (before any data)
     for it in 1..iterations:
         θ ← fresh random network (instance/group norm: per-sample gradients need no BatchNorm)
         for ol in 1..outer_loop:
             for b in 1..batch_loop:                                  # one private step each
-                B ← Poisson sample of the real data (each example with probability q)
+                B ← Poisson sample of the real data (each example with probability q)   [secure]
                 g_i ← ∇_W CE(f_θ(x_i), y_i) for i in B                # Opacus GradSampleModule
-                ĝ ← (Σ_i g_i · min(1, C/‖g_i‖) + N(0, σ²C² I)) / (q·N)
+                ĝ ← (Σ_i g_i · min(1, C/‖g_i‖) + N(0, σ²C² I)) / (q·N)            [secure]
                 g_S ← ∇_W CE(f_θ(S), y_S)   (create_graph)
                 S ← S − η_S ∇_S D(g_S, ĝ)                           # layer-wise distance
             θ ← inner_loop SGD steps of θ on S                       # (not after the last round)
-    ε ← a fresh Opacus accountant over (σ, q, T steps that ran)  → meta["privacy"]
+    ε ← a fresh Opacus accountant over the ledger's whole history   → meta["privacy"]
+
+**Where the randomness comes from.** ``[secure]`` draws (the Poisson batches and the Gaussian
+noise, which protect the data) come from :func:`fedistill.privacy.secure_generator`: seeded
+from ``os.urandom``, never recorded, and sampled as Opacus's ``secure_mode`` does against
+floating-point attacks. The published ``seed`` drives only public randomness — network
+initialisations, the initial noise images (data-independent), augmentation draws and the
+inner-loop order — so two runs with one seed share networks and differ only in the noise.
+``secure_noise=False`` (tests, debugging) draws the noise from a stream replayable from the
+seed: anyone with the set and its seed can subtract the noise, so the set is marked
+``privacy.noise = "replayable"``, ``privacy.guarantee = False``: its ε is not a guarantee.
+
+**Rounds: one ledger per client per run.** In multi-round FedDM a client distils once per
+round. ``rounds`` (R) is the schedule its budget covers: σ is calibrated once, for R·T steps,
+in the client's first round, and the caller hands the same :class:`PrivacyLedger` back in every
+later round (``ledger=``; :meth:`PrivacyLedger.from_state` rebuilds it from the previous set's
+``meta["privacy"]``). The ε recorded after each round is the composition over every step the
+client has taken so far; a round that would go past R·T raises PrivacyBudgetExceeded before it
+touches data.
+
+**What is public** (``meta["privacy"]["public"]``). The guarantee is (ε, δ)-DP under the
+add/remove-one-example neighbouring relation that Opacus's accountants assume for Poisson
+sampling. Treated as public: the dataset's identity, image shape and normalisation; the IPC;
+the class list (which classes the client holds: the set has IPC images of each); every
+hyperparameter, σ, C, δ, the step count and the seed (which drives public randomness only);
+and the sampling rate q. q must not depend on the private data, so it is ``batch_real / N``
+with **N declared public**: ``public_size`` when the user gives one (a round or bound they are
+willing to publish — the true size is then not released: the set carries no ``source_size``
+and the federated metrics report ``public_size`` as the client's example count); without it,
+the client's exact dataset size is declared public (``privacy.public`` says so, and the set
+keeps ``source_size``). Under add/remove-one the exact size differs between neighbours, so a
+reviewer accepts it only as a declared public fact; a DP estimate of N (a Gaussian count,
+composed in the ledger) is the alternative not implemented here.
 
 ``W`` are the weights the layer-wise distance ``D`` compares (≥ 2-D: conv and linear weights);
 biases and norm parameters contribute nothing to ``D`` (as in the reference's distance), so
@@ -57,9 +91,16 @@ from fedistill.data import LabeledImages
 from fedistill.distill import register
 from fedistill.distill._common import init_images, make_set, seeded
 from fedistill.distill.dc import match_loss, matched_parameters
-from fedistill.errors import ConfigError
+from fedistill.errors import ConfigError, PrivacyBudgetExceeded
 from fedistill.models import build_model
-from fedistill.privacy import ACCOUNTANTS, PrivacyLedger
+from fedistill.privacy import (
+    ACCOUNTANTS,
+    NEIGHBOURING,
+    PrivacyLedger,
+    gaussian_noise,
+    noise_generator,
+    secure_generator,
+)
 from fedistill.progress import progress_bar
 from fedistill.synthetic import SyntheticSet
 
@@ -93,6 +134,9 @@ class PSGConfig:
     lr_label: float = 1.0
     dsa: bool = False
     dsa_strategy: str | None = None  # None: the dataset's default
+    secure_noise: bool = True  # False: noise replayable from the seed (tests only; no guarantee)
+    rounds: int | None = None  # rounds the budget covers (None: 1; FedDM sets its rounds)
+    public_size: int | None = None  # declared public N for q = batch_real / N (None: true size)
 
     def validate(self) -> None:
         if self.init != "noise":
@@ -113,6 +157,12 @@ class PSGConfig:
         for name in ("iterations", "outer_loop", "batch_loop", "batch_real", "batch_train"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.rounds is not None and self.rounds < 1:
+            raise ConfigError(f"rounds must be ≥ 1, got {self.rounds}")
+        if self.public_size is not None and self.public_size < self.batch_real:
+            raise ConfigError(
+                f"public_size {self.public_size} is below batch_real {self.batch_real}"
+            )
         if self.inner_loop < 0:
             raise ConfigError(f"inner_loop must be ≥ 0, got {self.inner_loop}")
         if self.lr_img < 0 or self.lr_net < 0 or self.lr_label < 0:
@@ -129,8 +179,13 @@ class PSGConfig:
 
     @property
     def steps(self) -> int:
-        """Private gradient evaluations the run makes."""
+        """Private gradient evaluations one run (one round) makes."""
         return self.iterations * self.outer_loop * self.batch_loop
+
+    @property
+    def planned_steps(self) -> int:
+        """Private gradient evaluations the budget covers: every round's."""
+        return (self.rounds or 1) * self.steps
 
 
 # --------------------------------------------------------------------------- the private step
@@ -154,7 +209,9 @@ def private_gradient(
     ``model`` is a plain module (wrapped in an Opacus ``GradSampleModule`` for this call) or a
     ``GradSampleModule`` built with ``loss_reduction="sum"`` (reused: cheaper in a loop). An empty
     batch (possible under Poisson sampling) contributes only noise. Noise is drawn from
-    ``generator`` (on its device) when given: torch's PRNG, like Opacus without secure_mode.
+    ``generator`` (on its device) when given, else from a fresh
+    :func:`~fedistill.privacy.secure_generator`; always with the floating-point mitigation of
+    Opacus's ``secure_mode`` (:func:`~fedistill.privacy.gaussian_noise`).
     """
     owned = not isinstance(model, GradSampleModule)
     gsm = GradSampleModule(model, loss_reduction="sum") if owned else model
@@ -176,11 +233,12 @@ def private_gradient(
         else:
             summed = [torch.zeros_like(p) for p in params]
         out = []
+        if noise_multiplier > 0 and generator is None:
+            generator = secure_generator()
         for s in summed:
             if noise_multiplier > 0:
-                gen_device = generator.device if generator is not None else s.device
-                noise = torch.randn(s.shape, generator=generator, device=gen_device)
-                s = s + noise.to(s.device) * (noise_multiplier * clip)
+                noise = gaussian_noise(s.shape, noise_multiplier * clip, generator)
+                s = s + noise.to(s.device)
             out.append((s / expected_batch).detach())
         return out
     finally:
@@ -224,29 +282,43 @@ def distill_psg(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    ledger: PrivacyLedger | None = None,
 ) -> SyntheticSet:
-    """DP-PSG (Chen et al. 2022): synthetic images from noise, matched to private gradients."""
+    """DP-PSG (Chen et al. 2022): synthetic images from noise, matched to private gradients.
+
+    ``ledger``: the client's ledger from its earlier rounds (None in its first round: one is
+    planned for ``config.rounds`` rounds). It is spent in place, and its state is recorded in
+    the set's ``meta["privacy"]`` (``PrivacyLedger.from_state`` rebuilds it from there).
+    """
     config.validate()
     device = torch.device(device)
     n = len(real)
+    n_public = config.public_size or n
     if config.batch_real > n:
         raise ConfigError(f"batch_real {config.batch_real} exceeds the {n} real images")
-    q = config.batch_real / n
+    q = config.batch_real / n_public
 
-    # budget first: σ calibrated (or a given σ checked) for exactly the planned private steps
-    ledger = PrivacyLedger(
-        config.epsilon,
-        config.delta,
-        q,
-        config.steps,
-        noise_multiplier=config.noise_multiplier,
-        accountant=config.accountant,
-        mechanism=MECHANISM,
-    )
+    # budget first: σ calibrated (or a given σ checked) once, for every round's private steps
+    if ledger is None:
+        ledger = PrivacyLedger(
+            config.epsilon,
+            config.delta,
+            q,
+            config.planned_steps,
+            noise_multiplier=config.noise_multiplier,
+            accountant=config.accountant,
+            mechanism=MECHANISM,
+        )
+    else:
+        _check_ledger(ledger, config, q)
+    ledger.reserve(config.steps)  # a round past the plan stops here, before any data
     sigma = ledger.noise_multiplier
     log.info(
-        "DP-PSG: %d private steps, q = %.4g, σ = %.4g, C = %g, planned ε = %.4g (δ = %g)",
+        "DP-PSG: %d private steps (%d of %d spent before), q = %.4g, σ = %.4g, C = %g, "
+        "planned ε = %.4g (δ = %g)",
         config.steps,
+        ledger.steps,
+        ledger.planned_steps,
         q,
         sigma,
         config.clip,
@@ -254,7 +326,10 @@ def distill_psg(
         config.delta,
     )
 
-    gen = seeded(seed)
+    gen = seeded(seed)  # public randomness: networks, initial noise, augmentation, order
+    noise_gen = noise_generator(seed, config.secure_noise)  # what protects the data
+    if not config.secure_noise:
+        log.warning("DP-PSG noise is replayable from the seed: the ε is not a guarantee")
     images, labels = init_images(real, ipc, "noise", gen)  # noise, always
     image_syn = images.to(device).requires_grad_(True)
     label_syn = labels.to(device)
@@ -286,7 +361,7 @@ def distill_psg(
             for ol in range(config.outer_loop):
                 for _ in range(config.batch_loop):
                     ledger.spend()  # counted before it runs: never a step over the budget
-                    idx = poisson_sample(n, q, gen).to(device)
+                    idx = poisson_sample(n, q, noise_gen).to(device)
                     xr, yr, xs = x_real[idx], y_real[idx], image_syn
                     if augment is not None:
                         s = int(torch.randint(1 << 30, (1,), generator=gen))
@@ -300,7 +375,7 @@ def distill_psg(
                         clip=config.clip,
                         noise_multiplier=sigma,
                         expected_batch=config.batch_real,
-                        generator=gen,
+                        generator=noise_gen,
                     )
                     loss_syn = _syn_loss(net(xs), label_syn, label_logits)
                     g_syn = torch.autograd.grad(loss_syn, params, create_graph=True)
@@ -316,12 +391,21 @@ def distill_psg(
             shadow.to_standard_module()
             log.debug("iteration %d/%d: matching loss %.4f", it + 1, config.iterations, loss_avg)
 
-    facts = ledger.facts(clip=config.clip)
+    facts = ledger.facts(
+        clip=config.clip,
+        noise="secure" if config.secure_noise else "replayable",
+        guarantee=config.secure_noise,
+        neighbouring=NEIGHBOURING,
+        public=public_facts(config),
+    )
     log.info(
-        "DP-PSG spent ε = %.4g at δ = %g over %d steps", facts.epsilon, facts.delta, ledger.steps
+        "DP-PSG: ε = %.4g at δ = %g spent over %d steps (all rounds so far)",
+        facts.epsilon,
+        facts.delta,
+        ledger.steps,
     )
     out_labels = label_syn if label_logits is None else label_logits.detach().softmax(1)
-    return make_set(
+    syn = make_set(
         image_syn.detach(),
         out_labels,
         real,
@@ -332,6 +416,50 @@ def distill_psg(
         config=config,
         extra={"privacy": facts.to_dict()},
     )
+    if config.public_size is not None:  # the true size is not released; the declared N is
+        syn.meta.pop("source_size", None)
+        syn.meta["public_size"] = config.public_size
+    return syn
+
+
+def public_facts(config: PSGConfig) -> list[str]:
+    """What the guarantee treats as public (``meta["privacy"]["public"]``)."""
+    size = (
+        f"N = public_size = {config.public_size} (declared by the user; the true size is "
+        "not released)"
+        if config.public_size is not None
+        else "N = the client's exact dataset size (declared public: set public_size to keep it)"
+    )
+    return [
+        "dataset, image shape and normalisation",
+        "ipc",
+        "class list (the classes the client holds: the set has ipc images of each)",
+        f"sample rate q = batch_real / N, {size}",
+        "hyperparameters: σ, C, δ, steps, rounds",
+        "seed (drives public randomness only: networks, initial noise images, augmentation, order)",
+    ]
+
+
+def _check_ledger(ledger: PrivacyLedger, config: PSGConfig, q: float) -> None:
+    """A ledger handed back from an earlier round must be this run's: same budget, δ,
+    accountant, sampling rate and σ (a changed one would void the calibration)."""
+    want = {
+        "epsilon": config.epsilon,
+        "delta": config.delta,
+        "accountant": config.accountant,
+        "mechanism": MECHANISM,
+    }
+    got = {k: getattr(ledger, k) for k in want}
+    bad = [k for k in want if want[k] != got[k]]
+    if not math.isclose(ledger.sample_rate, q, rel_tol=1e-12):
+        bad.append(f"sample_rate ({ledger.sample_rate:.6g} vs {q:.6g})")
+    if config.noise_multiplier is not None and config.noise_multiplier != ledger.noise_multiplier:
+        bad.append("noise_multiplier")
+    if bad:
+        raise PrivacyBudgetExceeded(
+            f"the privacy ledger handed to this round was planned for another run "
+            f"(differs in {', '.join(bad)}); a client keeps one ledger for the whole run"
+        )
 
 
 def _train_net(
