@@ -74,11 +74,11 @@ def _quiet_libraries(quiet: bool) -> None:
     """The matrix logs one line per cell; the libraries' per-step INFO lines stay hidden."""
     for name in ("fedistill", "attacks"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("attacks.report").setLevel(logging.WARNING if quiet else logging.INFO)
+    logging.getLogger("attacks.matrix").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def cmd_audit(args: argparse.Namespace, prog: str = "fedistill audit") -> int:
-    from attacks.report import load_config, quick, run_matrix, select
+    from attacks.matrix import load_config, quick, run_matrix, select
 
     cfg = load_config(args.config)
     if args.dataset is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from _bench import REPO, RESULTS, command_line
 
-from attacks.report import load_config, quick, run_matrix
+from attacks.matrix import load_config, quick, run_matrix
 from fedistill.errors import FedistillError
 
 
@@ -33,7 +33,7 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.quiet:
-        logging.getLogger("attacks.report").setLevel(logging.INFO)
+        logging.getLogger("attacks.matrix").setLevel(logging.INFO)
     command = command_line()
     print(command, flush=True)
     try:

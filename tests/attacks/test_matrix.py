@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from attacks import cli as audit_cli
-from attacks.report import config_from_dict, load_config, quick, run_matrix, select
+from attacks.matrix import config_from_dict, load_config, quick, run_matrix, select
 from fedistill.cli import main as fedistill_main
 from fedistill.errors import ConfigError, UnknownNameError
 

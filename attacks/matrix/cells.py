@@ -1,0 +1,472 @@
+"""The cells of the attack matrix, one method per kind (utility, mia, backdoor, poisoning,
+dp_audit), mixed into :class:`attacks.matrix.runner.MatrixRun`, and the :class:`Cell` record
+they return."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attacks.matrix.config import FEDAVG, MIA_ATTACKS, RowSpec, has_field, make_config
+from attacks.targets import REAL, PipelineConfig
+from fedistill.errors import ConfigError
+
+
+@dataclass
+class Cell:
+    """One measurement: ``status`` ok | failed | skipped, a ``summary`` of the numbers the table
+    shows, the full ``result``, the ``budget`` it ran with, and why it is missing if it is."""
+
+    status: str
+    seconds: float = 0.0  # wall clock
+    cpu_seconds: float = 0.0  # this process's CPU time (all threads): less noisy under load
+    summary: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    reason: str | None = None
+    traceback: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class Skip(Exception):
+    """A cell that does not apply to its row (recorded as skipped with the message)."""
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "row"
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
+
+
+def jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, torch.Tensor):
+        return jsonable(x.tolist())
+    if isinstance(x, Path):
+        return str(x)
+    if x is None or isinstance(x, bool | int | float | str):
+        return x
+    return str(x)
+
+
+class AttackCells:
+    """The measurements; ``self`` is a :class:`attacks.matrix.runner.MatrixRun`."""
+
+    # ------------------------------------------------------------------ helpers
+
+    def _pipeline(self, name: str) -> tuple[RowSpec, PipelineConfig]:
+        if name == FEDAVG:
+            raise Skip("not applicable: the fedavg row is the federated baseline for poisoning")
+        return self.pipelines[name]
+
+    def _eval_cfg(self, pcfg: PipelineConfig):
+        return pcfg.eval_config()  # one model, the budget's protocol
+
+    # ------------------------------------------------------------------ utility
+
+    def utility(self, name: str) -> Cell:
+        if name == FEDAVG:
+            return self._fedavg_clean()
+        from attacks.targets import train_pipeline
+        from fedistill.evaluate import accuracy
+
+        _row, pcfg = self._pipeline(name)
+        model, syn, budget = train_pipeline(
+            pcfg, self.train, seed=self.cfg.seed, device=self.device
+        )
+        acc = accuracy(model, self.test, self.device)
+        self.models[name] = model
+        priv = (syn.privacy if syn is not None else None) or {}
+        summary = {
+            "accuracy": acc,
+            "epsilon": _finite(priv.get("epsilon")),
+            "delta": _finite(priv.get("delta")),
+        }
+        if syn is not None and "rho" in syn.meta.get("hyperparameters", {}):
+            summary["rho"] = syn.meta["hyperparameters"]["rho"]
+        result = {"test_accuracy": acc, "privacy": priv or None}
+        if syn is not None:
+            result["synthetic"] = {
+                "images": len(syn),
+                "label_kind": syn.meta.get("label_kind", "hard"),
+                "iterations": syn.meta.get("iterations"),
+                "hyperparameters": syn.meta.get("hyperparameters"),
+            }
+        return Cell(
+            "ok", summary=summary, budget=budget | {"pipeline": pcfg.to_dict()}, result=result
+        )
+
+    def _fedavg_common(self) -> dict[str, Any]:
+        p, b = self.cfg.poisoning, self.cfg.budget
+        return dict(
+            num_clients=p.n,
+            partitioner=p.partitioner,
+            alpha=p.alpha,
+            rounds=p.fedavg_rounds,
+            local_epochs=p.fedavg_local_epochs,
+            lr=p.fedavg_lr,
+            batch_size=p.fedavg_batch_size,
+            model=b.model,
+            model_kwargs=dict(b.model_kwargs),
+            seed=self.cfg.seed,
+            device=self.device,
+        )
+
+    def _fedavg_clean(self) -> Cell:
+        from fedistill.federated import simulate_fedavg
+
+        common = self._fedavg_common()
+        res = simulate_fedavg(self.train, self.test, **common)
+        budget = {k: v for k, v in common.items() if k != "device"} | {"strategy": FEDAVG}
+        return Cell(
+            "ok",
+            summary={"accuracy": res.accuracy, "epsilon": None},
+            budget=budget,
+            result=res.to_dict(),
+        )
+
+    # ------------------------------------------------------------------ membership inference
+
+    def mia(self, name: str) -> Cell:
+        from attacks.lira import LiRAConfig, run_mia
+
+        _row, pcfg = self._pipeline(name)
+        spec = self.cfg.mia
+        lira = LiRAConfig(
+            num_shadows=spec.num_shadows, shift=spec.shift, leave_one_out=spec.leave_one_out
+        )
+        out = run_mia(
+            self.train,
+            self.test,
+            pcfg,
+            num_shadows=spec.num_shadows,
+            pool_size=spec.pool_size,
+            seed=self.cfg.seed,
+            device=self.device,
+            lira=lira,
+            plot=self.plots / f"roc_{_slug(name)}.png",
+        )
+        measured = "pooled" if out.get("pooled") else "attacks"
+        summary: dict[str, Any] = {"measured_on": measured}
+        for attack in MIA_ATTACKS:
+            m = out[measured][attack]
+            summary[attack] = {
+                k: m[k]
+                for k in (
+                    "auc",
+                    "balanced_accuracy",
+                    "tpr@1%fpr",
+                    "tpr@0.1%fpr",
+                    "tpr@1%fpr_resolved",
+                    "tpr@0.1%fpr_resolved",
+                    "fpr_resolution",
+                    "n_in",
+                    "n_out",
+                )
+            }
+        summary["target_test_accuracy"] = out["target"].get("test_accuracy")
+        budget = {
+            "num_shadows": spec.num_shadows,
+            "pool_size": out["pool_size"],
+            "members": out["target"]["members"],
+            "nonmembers": out["target"]["nonmembers"],
+            "lira": out["lira"],
+            "target": out["target"]["budget"],
+        }
+        return Cell("ok", summary=summary, budget=budget, result=out)
+
+    # ------------------------------------------------------------------ backdoor
+
+    def backdoor(self, name: str) -> Cell:
+        from attacks.backdoor import attack_success_rate, run_backdoor, run_real_backdoor
+        from attacks.triggers import white_trigger
+
+        row, pcfg = self._pipeline(name)
+        spec = self.cfg.backdoor
+        if spec.target >= self.train.num_classes:
+            raise ConfigError(f"backdoor target {spec.target} is not a class of the dataset")
+        ecfg = self._eval_cfg(pcfg)
+        common = dict(p=spec.p, target=spec.target, eval_cfg=ecfg, seed=self.cfg.seed)
+        if row.method == REAL:
+            out = run_real_backdoor(self.train, self.test, device=self.device, **common)
+            kind = "naive (poisoned real training)"
+        elif spec.kind == "naive":
+            free = name in self.models
+            out = run_backdoor(
+                self.train,
+                self.test,
+                kind="naive",
+                method=row.method,
+                ipc=pcfg.ipc,
+                method_overrides=pcfg.method_options,
+                baseline=spec.baseline and not free,
+                device=self.device,
+                **common,
+            )
+            if spec.baseline and free:  # the clean pipeline is the utility cell's model
+                asr = attack_success_rate(
+                    self.models[name],
+                    self.test,
+                    white_trigger(self.train.info),
+                    spec.target,
+                    self.device,
+                )
+                out["baseline"] = {
+                    "asr": asr,
+                    "clean_accuracy": self.report["cells"][name]["utility"]["summary"]["accuracy"],
+                    "source": "the utility cell's model (same pipeline without poisoning)",
+                }
+            kind = "naive"
+        else:
+            if row.method != "dm":
+                raise Skip(
+                    "not applicable: DOORPING optimises its trigger in its own DM loop "
+                    "(measured on the dm rows)"
+                )
+            dcfg = _doorping_config(pcfg.method_options, spec.doorping, pcfg.eval_config())
+            out = run_backdoor(
+                self.train,
+                self.test,
+                kind="doorping",
+                ipc=pcfg.ipc,
+                doorping_config=dcfg,
+                baseline=spec.baseline,
+                device=self.device,
+                **common,
+            )
+            kind = "doorping"
+        summary = {
+            "kind": kind,
+            "asr": out["attacked"]["asr"],
+            "clean_accuracy": out["attacked"]["clean_accuracy"],
+            "baseline_asr": (out.get("baseline") or {}).get("asr"),
+            "poisoned": out.get("poisoned"),
+        }
+        budget = {
+            "kind": kind,
+            "p": spec.p,
+            "target": spec.target,
+            "poisoned": out.get("poisoned"),
+            "method": out.get("method", REAL),
+            "ipc": None if row.method == REAL else pcfg.ipc,
+            "method_options": pcfg.method_options,
+            "trigger": out.get("trigger"),
+            "eval": asdict(ecfg),
+        }
+        return Cell("ok", summary=summary, budget=budget, result=out)
+
+    # ------------------------------------------------------------------ poisoning
+
+    def _poisoning_kwargs(self, pcfg: PipelineConfig) -> dict[str, Any]:
+        from fedistill.robust import FilterConfig
+
+        p = self.cfg.poisoning
+        return dict(
+            attack=p.attack,
+            m=p.m,
+            n=p.n,
+            method=pcfg.method,
+            ipc=pcfg.ipc,
+            method_config=dict(pcfg.method_options),
+            partitioner=p.partitioner,
+            alpha=p.alpha,
+            eval_cfg=self._eval_cfg(pcfg),
+            filter_config=make_config(FilterConfig, p.filter, "attacks.poisoning.filter"),
+            scale=p.scale,
+            source=p.source,
+            target=p.target,
+            seed=self.cfg.seed,
+            device=self.device,
+        )
+
+    def _poisoning_budget(self, out: dict[str, Any], pcfg: PipelineConfig | None) -> dict:
+        p = self.cfg.poisoning
+        b = {
+            "attack": p.attack,
+            "m": p.m,
+            "n": p.n,
+            "malicious": out.get("malicious", list(range(p.m))),
+            "partitioner": p.partitioner,
+            "alpha": p.alpha,
+        }
+        if pcfg is not None:
+            b |= {
+                "federation": "one-shot FedDM",
+                "method": pcfg.method,
+                "ipc": pcfg.ipc,
+                "method_options": pcfg.method_options,
+                "eval": out.get("eval"),
+            }
+        return b
+
+    def poisoning(self, name: str) -> Cell:
+        if name == FEDAVG:
+            return self._fedavg_poisoning()
+        from attacks.poisoning import run_poisoning
+
+        row, pcfg = self._pipeline(name)
+        if row.method == REAL:
+            raise Skip(
+                "not applicable: FedDM needs a distillation method (the fedavg row is "
+                "the federation without synthetic sets)"
+            )
+        out = run_poisoning(self.train, self.test, defended=False, **self._poisoning_kwargs(pcfg))
+        summary = {
+            "clean_accuracy": out["clean_accuracy"],
+            "accuracy": out["accuracy"],
+            "accuracy_drop": out["accuracy_drop"],
+        }
+        if "source_to_target" in out:
+            summary["source_to_target"] = out["source_to_target"]
+        return Cell("ok", summary=summary, budget=self._poisoning_budget(out, pcfg), result=out)
+
+    def poisoning_defended(self, name: str) -> Cell:
+        if name == FEDAVG:
+            raise Skip(
+                "not applicable: the robust filter scores synthetic sets; FedAvg clients "
+                "send model updates"
+            )
+        from attacks.poisoning import run_poisoning
+
+        row, pcfg = self._pipeline(name)
+        if row.method == REAL:
+            raise Skip("not applicable: FedDM needs a distillation method")
+        undefended = self.cell(name, "poisoning")
+        clean = undefended["summary"]["clean_accuracy"] if undefended else None
+        out = run_poisoning(
+            self.train,
+            self.test,
+            defended=True,
+            clean_accuracy=clean,
+            **self._poisoning_kwargs(pcfg),
+        )
+        summary = {
+            "clean_accuracy": out["clean_accuracy"],
+            "accuracy": out["accuracy"],
+            "accuracy_drop": out["accuracy_drop"],
+            "false_rejection_rate": out["false_rejection_rate"],
+            "detection_rate": out["detection_rate"],
+            "rejected": sorted(int(k) for k in out["rejected"]),
+        }
+        budget = self._poisoning_budget(out, pcfg) | {
+            "filter": asdict(self._poisoning_kwargs(pcfg)["filter_config"])
+        }
+        return Cell("ok", summary=summary, budget=budget, result=out)
+
+    def _fedavg_poisoning(self) -> Cell:
+        from attacks.poisoning import label_flip_tamper
+        from fedistill.federated import simulate_fedavg
+
+        p = self.cfg.poisoning
+        if p.attack != "label_flip":
+            raise Skip(
+                f"not applicable: '{p.attack}' tampers with an uploaded synthetic set; "
+                "FedAvg clients upload model updates (only label_flip applies)"
+            )
+        common = self._fedavg_common()
+        clean_cell = self.cell(FEDAVG, "utility")
+        if clean_cell is not None:
+            clean = clean_cell["summary"]["accuracy"]
+        else:
+            clean = simulate_fedavg(self.train, self.test, **common).accuracy
+        res = simulate_fedavg(
+            self.train, self.test, data_tamper=label_flip_tamper(list(range(p.m))), **common
+        )
+        summary = {
+            "clean_accuracy": clean,
+            "accuracy": res.accuracy,
+            "accuracy_drop": clean - res.accuracy,
+        }
+        budget = self._poisoning_budget({}, None) | {
+            "federation": "FedAvg",
+            **{k: v for k, v in common.items() if k not in ("device", "num_clients")},
+        }
+        return Cell("ok", summary=summary, budget=budget, result=res.to_dict())
+
+    # ------------------------------------------------------------------ DP audit
+
+    def dp_audit_if_private(self, name: str) -> Cell:
+        if name == FEDAVG:
+            raise Skip("not applicable: FedAvg here has no DP mechanism")
+        util = self.cell(name, "utility")
+        row, _ = self._pipeline(name)
+        if util is not None:
+            private = util["summary"].get("epsilon") is not None
+        else:
+            private = row.method != REAL and has_field(row.method, "epsilon")
+        if not private:
+            raise Skip(
+                "not a DP pipeline (no ε in the set's provenance); list it in "
+                "attacks.dp-audit.rows to audit it anyway"
+            )
+        return self.dp_audit(name)
+
+    def dp_audit(self, name: str) -> Cell:
+        from attacks.dp_audit import run_dp_audit
+
+        _row, pcfg = self._pipeline(name)
+        spec = self.cfg.dp_audit
+        out = run_dp_audit(
+            self.train,
+            pcfg,
+            num_runs=spec.num_runs,
+            base_size=spec.base_size,
+            canaries_per_run=spec.canaries_per_run,
+            canary=spec.canary,
+            delta=spec.delta,
+            confidence=spec.confidence,
+            seed=self.cfg.seed,
+            device=self.device,
+        )
+        summary = {
+            "epsilon_lb": out["epsilon_lb"],
+            "claimed_epsilon": out["claimed_epsilon"],
+            "consistent": out["consistent"],
+            "epsilon_lb_ceiling": out["epsilon_lb_ceiling"],
+            "delta": out["delta"],
+        }
+        budget = {
+            "num_runs": spec.num_runs,
+            "runs_for_bound": out["runs_for_bound"],
+            "canary": out["canary"],
+            "confidence": spec.confidence,
+            "delta": out["delta"],
+            "pipeline": out["budget"],
+        }
+        return Cell("ok", summary=summary, budget=budget, result=out)
+
+
+def _doorping_config(options: dict[str, Any], overrides: dict[str, Any], ecfg) -> Any:
+    """DOORPING's DM loop set up like the dm row (init, lr, batch, embedding network)."""
+    from attacks.backdoor import DoorpingConfig
+
+    base: dict[str, Any] = {}
+    for k in ("init", "lr_img", "batch_real", "dsa", "dsa_strategy"):
+        if k in options:
+            base[k] = options[k]
+    kw = {k: options[k] for k in ("width", "depth", "norm") if k in options}
+    if kw:
+        base["model_kwargs"] = kw
+    if "model" in options:
+        base["model"] = options["model"]
+    if "iterations" in options and "dm_iterations" not in overrides:
+        epochs = int(overrides.get("epochs", DoorpingConfig.epochs))
+        base["dm_iterations"] = max(1, math.ceil(options["iterations"] / epochs))
+    return make_config(DoorpingConfig, {**base, **overrides}, "attacks.backdoor.doorping")
