@@ -4,8 +4,8 @@
     fedistill run --strategy fedavg --rounds 20
     fedistill run --num-clients 10 --run-config "dataset='mnist' data-root='../shared/data/mnist-subset'"
 
-It runs the app (``server.server_app:app`` and ``clients.client_app:app``, configured by
-``[tool.flwr.app.config]`` in pyproject.toml plus the overrides) on Flower's Simulation Runtime
+It runs the app (the ServerApp and ClientApp that ``[tool.flwr.app.components]`` names,
+configured by ``[tool.flwr.app.config]`` in pyproject.toml plus the overrides) on Flower's Simulation Runtime
 (the same runtime ``flwr run`` starts inside a local SuperLink), in this process: per-run
 dependency installation off, ``FLWR_HOME`` under the project (``.flwr-home``) and one CPU per
 simulated client. Progress is streamed; the summary table is printed from the results file at the end.
@@ -40,11 +40,28 @@ class RunError(FedistillError):
     pass
 
 
-def _project_config(root: Path) -> dict[str, Any]:
-    import tomllib
+def _flwr_app(root: Path) -> dict[str, Any]:
+    """The ``[tool.flwr.app]`` table of the project's pyproject.toml."""
+    from fedistill.tomlfile import load_toml
 
-    with (root / "pyproject.toml").open("rb") as fh:
-        return tomllib.load(fh)["tool"]["flwr"]["app"]["config"]
+    try:
+        return load_toml(root / "pyproject.toml")["tool"]["flwr"]["app"]
+    except KeyError:
+        raise RunError(f"{root / 'pyproject.toml'} has no [tool.flwr.app] table") from None
+
+
+def _project_config(root: Path) -> dict[str, Any]:
+    return _flwr_app(root).get("config", {})
+
+
+def app_components(root: Path) -> tuple[str, str]:
+    """``(serverapp, clientapp)`` as the project's ``[tool.flwr.app.components]`` names them,
+    so a user who swaps in their own ClientApp or ServerApp runs theirs."""
+    comp = _flwr_app(root).get("components", {})
+    try:
+        return str(comp["serverapp"]), str(comp["clientapp"])
+    except KeyError as exc:
+        raise RunError(f"[tool.flwr.app.components] in {root} lacks {exc}") from None
 
 
 def parse_run_config(text: str, known: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +90,15 @@ def simulate(
     verbose: bool = False,
 ) -> dict[str, Any]:
     """Run the app on Flower's Simulation Runtime (Ray backend) in this process and return
-    the fused run config it ran with. Raises RunError when the ServerApp failed."""
+    the fused run config it ran with. Raises RunError when the ServerApp failed.
+
+    The apps are the ones ``[tool.flwr.app.components]`` names. This is the one function that
+    uses Flower's private names (``_run_simulation`` and the run bookkeeping around it), and
+    why: flwr 1.42's public ``flwr.simulation.run_simulation`` is deprecated and starts the
+    apps with an *empty* run config (neither pyproject's ``[tool.flwr.app.config]`` nor
+    overrides), and the public ``flwr run`` leaves a managed SuperLink running in the
+    background after the run. flwr is pinned (==1.42.0), so these names cannot move under us;
+    ``tests/server/test_simulation.py`` runs this path."""
     root = Path(project_root).resolve()
     os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -112,12 +137,13 @@ def simulate(
         "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "logging_level": "error", "log_to_driver": verbose},
     }
+    server_attr, client_attr = app_components(root)
     try:
         _run_simulation(
             num_supernodes=num_supernodes,
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-            server_app_attr="server.server_app:app",
-            client_app_attr="clients.client_app:app",
+            server_app_attr=server_attr,
+            client_app_attr=client_attr,
             backend_name="ray",
             backend_config=backend_config,
             app_dir=str(root),

@@ -426,17 +426,10 @@ def load_config(path: str | Path) -> AuditConfig:
     working directory). Raises ConfigError for a missing or unreadable file, invalid TOML,
     unknown keys or bad values, and UnknownNameError for unknown methods, attacks or datasets.
     """
-    import tomllib
+    from fedistill.tomlfile import load_toml
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    doc = load_toml(path)
     cfg = config_from_dict(doc, source=str(path))
     if cfg.data_root and not Path(cfg.data_root).is_absolute():
         cfg.data_root = str((path.resolve().parent / cfg.data_root).resolve())

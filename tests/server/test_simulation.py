@@ -326,3 +326,20 @@ def test_unreachable_nodes_are_timeouts_and_unavailable_nodes():
         {"node_id": 4, "reason": "invalid reply: NaN", "partition_id": 4},
     ]
     assert unreachable(rows) == {1, 2}
+
+
+def test_run_takes_the_apps_the_project_names(tmp_path):
+    """``fedistill run`` honours ``[tool.flwr.app.components]`` instead of hard-coding ours."""
+    from server.cli import RunError, app_components
+
+    assert app_components(PROJECT_ROOT) == ("server.server_app:app", "clients.client_app:app")
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.flwr.app.components]\nserverapp = "mine.server:app"\nclientapp = "mine.client:app"\n'
+    )
+    assert app_components(tmp_path) == ("mine.server:app", "mine.client:app")
+    (tmp_path / "pyproject.toml").write_text('[tool.flwr.app.components]\nserverapp = "a:b"\n')
+    with pytest.raises(RunError, match="lacks 'clientapp'"):
+        app_components(tmp_path)
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    with pytest.raises(RunError, match=r"no \[tool.flwr.app\] table"):
+        app_components(tmp_path)
