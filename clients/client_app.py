@@ -11,6 +11,12 @@ partition (``context.node_config``: ``partition-id``, ``num-partitions``), then
 
 A failure becomes an error reply (the server records it and goes on), never a crash.
 
+A private method keeps **one privacy ledger per client for the whole run**: its budget is
+planned for the run's ``rounds``, and the ledger travels from round to round in the node's
+``context.state`` (``"privacy-ledger"``). A client asked for a round its budget cannot pay for
+replies with an error saying so (PrivacyBudgetExceeded); one that finds no ledger in a round
+after the first refuses rather than start a fresh budget.
+
 ``malicious`` in the run config is a test hook: ``"1:nan,2:shape"`` makes partition 1 reply
 with NaN images and partition 2 with a wrong image shape. Kinds: ``nan``, ``shape``,
 ``dtype``, ``labels`` (out of range), ``perclass`` (too many images per class), ``oversize``
@@ -19,6 +25,7 @@ with NaN images and partition 2 with a wrong image shape. Kinds: ``nan``, ``shap
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -42,7 +49,10 @@ from clients.task import (
     set_to_record,
     settings_partition,
 )
+from fedistill.distill import get_method
+from fedistill.errors import PrivacyBudgetExceeded
 from fedistill.federated import client_distill, client_seed, local_train, set_metrics
+from fedistill.privacy import PrivacyLedger, ledger_of
 
 log = logging.getLogger("flwr.fedistill.client")
 
@@ -65,7 +75,7 @@ def train(msg: Message, context: Context) -> Message:
         if strategy == "fedavg":
             content = _fedavg_step(msg, settings, part, pid, rnd)
         else:
-            content = _feddm_step(msg, settings, part, pid, rnd)
+            content = _feddm_step(msg, settings, part, pid, rnd, context)
         kind = _malicious_kind(settings.malicious, pid)
         if kind:
             content = tamper(content, kind, settings)
@@ -78,10 +88,18 @@ def train(msg: Message, context: Context) -> Message:
         )
 
 
-def _feddm_step(msg: Message, s: RunSettings, part, pid: int, rnd: int) -> RecordDict:
+def _feddm_step(
+    msg: Message, s: RunSettings, part, pid: int, rnd: int, context: Context
+) -> RecordDict:
     model = None
     if ARRAYS_KEY in msg.content:
         model = record_to_model(msg.content[ARRAYS_KEY], s, part.info)
+    ledger = _load_ledger(context)
+    if ledger is None and rnd > 1 and _keeps_ledger(s.method):
+        raise PrivacyBudgetExceeded(
+            f"round {rnd}: no privacy ledger from this client's earlier rounds in the node's "
+            "state; refusing to distill (a fresh ledger would reset the budget)"
+        )
     t0 = time.perf_counter()
     syn = client_distill(
         part,
@@ -91,7 +109,12 @@ def _feddm_step(msg: Message, s: RunSettings, part, pid: int, rnd: int) -> Recor
         seed=client_seed(s.seed, pid, rnd),
         device=s.device,
         model=model,
+        rounds=s.rounds,
+        ledger=ledger,
     )
+    new_ledger = ledger_of(syn.privacy)
+    if new_ledger is not None:
+        context.state[LEDGER_KEY] = ConfigRecord({"json": json.dumps(new_ledger.state())})
     metrics = set_metrics(syn, len(part), time.perf_counter() - t0)
     log.info("partition %d: %d images distilled into %d", pid, len(part), len(syn))
     return RecordDict(
@@ -101,6 +124,20 @@ def _feddm_step(msg: Message, s: RunSettings, part, pid: int, rnd: int) -> Recor
             PROVENANCE_KEY: ConfigRecord({"json": json.dumps(syn.meta, sort_keys=True)}),
         }
     )
+
+
+LEDGER_KEY = "privacy-ledger"
+
+
+def _keeps_ledger(method: str) -> bool:
+    return "ledger" in inspect.signature(get_method(method).fn).parameters
+
+
+def _load_ledger(context: Context) -> PrivacyLedger | None:
+    """This client's ledger from its earlier rounds (None before its first private round)."""
+    if LEDGER_KEY not in context.state:
+        return None
+    return PrivacyLedger.from_state(json.loads(str(context.state[LEDGER_KEY]["json"])))
 
 
 def _fedavg_step(msg: Message, s: RunSettings, part, pid: int, rnd: int) -> RecordDict:

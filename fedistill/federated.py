@@ -41,10 +41,11 @@ from torch import nn
 from fedistill.augment import DSA, default_strategy
 from fedistill.data import DatasetInfo, LabeledImages
 from fedistill.distill import distill, get_method
-from fedistill.errors import ConfigError, SyntheticSetError
+from fedistill.errors import ConfigError, PrivacyBudgetExceeded, SyntheticSetError
 from fedistill.evaluate import EvalConfig, accuracy, train_classifier
 from fedistill.models import build_model
 from fedistill.partition import partition
+from fedistill.privacy import PrivacyLedger, ledger_of
 from fedistill.synthetic import SyntheticSet
 
 log = logging.getLogger(__name__)
@@ -78,25 +79,47 @@ def client_distill(
     device: str | torch.device = "cpu",
     model: nn.Module | None = None,
     progress: bool = False,
+    rounds: int | None = None,
+    ledger: PrivacyLedger | None = None,
 ) -> SyntheticSet:
     """A client's step: distill its partition with a registry method.
 
     ``config`` is the method's config dataclass, a dict of overrides, or None (defaults).
     ``model`` is the current global model (multi-round FedDM); it is passed to methods that
-    take one and ignored, with a log line, by methods that do not.
+    take one and ignored, with a log line, by methods that do not. ``rounds``: the run's
+    rounds, filled into a private method's ``rounds`` when the config leaves it unset, so its
+    budget is planned for all of them. ``ledger``: the client's privacy ledger from its earlier
+    rounds (:func:`fedistill.privacy.ledger_of` of its previous set), for methods that keep one;
+    a round past the ledger's plan raises PrivacyBudgetExceeded before touching data.
     """
     m = get_method(method)
     if config is None:
         config = m.make_config()
     elif isinstance(config, dict):
         config = m.make_config(**config)
+    if rounds is not None and getattr(config, "rounds", 0) is None:
+        config = dataclasses.replace(config, rounds=int(rounds))
     if model is not None and "model" not in inspect.signature(m.fn).parameters:
         log.info("method '%s' takes no model; distilling without the global model", method)
         model = None
     if model is not None:
         model = copy.deepcopy(model).to(device).eval()
-    return distill(
-        method, part, ipc, config, seed=seed, device=device, progress=progress, model=model
+    if ledger is None:
+        return distill(
+            method, part, ipc, config, seed=seed, device=device, progress=progress, model=model
+        )
+    if "ledger" not in inspect.signature(m.fn).parameters:
+        raise ConfigError(f"method '{method}' keeps no privacy ledger")
+    extra: dict[str, Any] = {"model": model} if model is not None else {}
+    return m.fn(
+        part,
+        ipc,
+        config,
+        seed=seed,
+        device=torch.device(device),
+        progress=progress,
+        ledger=ledger,
+        **extra,
     )
 
 
@@ -360,9 +383,16 @@ class FedResult:
 
 
 def set_metrics(syn: SyntheticSet, part_size: int, seconds: float) -> dict[str, Any]:
-    """A client's report on its set: size, bytes, time and privacy facts where there are any."""
+    """A client's report on its set: size, bytes, time and privacy facts where there are any.
+
+    ``epsilon`` is the ε the client's ledger has spent over every round so far; ``noise_secure``
+    (1/0) says whether the noise came from a secure source (0: replayable, ε no guarantee). A
+    set that keeps its source size private (``public_size`` declared) reports that declared N as
+    ``num_examples``, not ``part_size``.
+    """
+    declared = syn.meta.get("public_size")
     out: dict[str, Any] = {
-        "num_examples": int(part_size),
+        "num_examples": int(declared if isinstance(declared, int) else part_size),
         "num_synthetic": len(syn),
         "seconds": float(seconds),
         "bytes": syn.nbytes(),
@@ -373,6 +403,10 @@ def set_metrics(syn: SyntheticSet, part_size: int, seconds: float) -> dict[str, 
             out[key] = float(priv[key])
     if "rho" not in out and isinstance(syn.meta.get("hyperparameters", {}).get("rho"), int | float):
         out["rho"] = float(syn.meta["hyperparameters"]["rho"])
+    if priv.get("noise") in ("secure", "replayable"):
+        out["noise_secure"] = int(priv["noise"] == "secure")
+    if isinstance(priv.get("steps"), int) and "epsilon" in priv:
+        out["private_steps"] = int(priv["steps"])
     return out
 
 
@@ -434,6 +468,11 @@ def simulate_feddm(
     -> syn`` changes the set a client uploads; ``set_filter(sets) -> (kept_ids,
     {rejected_id: reason})`` is a server-side defence. A set failing :func:`check_client_set`
     (caps default to ``ipc`` per class) is rejected with its reason before the filter runs.
+
+    Privacy: a private method's budget is planned for all ``rounds`` (its config's ``rounds``,
+    when unset), and each client keeps one ledger for the run, handed back every round; each
+    round's history records every client's composed ε so far (``epsilon``). A client whose next
+    round would exceed its budget sends nothing that round: it is rejected with the reason.
     """
     t_start = time.perf_counter()
     if rounds < 1:
@@ -449,34 +488,48 @@ def simulate_feddm(
 
     result = FedResult("feddm", float("nan"), None, partitions=parts_idx)  # type: ignore[arg-type]
     global_model: nn.Module | None = None
+    ledgers: dict[int, PrivacyLedger | None] = {}  # one per client for the whole run
     for rnd in range(1, rounds + 1):
         down = model_bytes(global_model) * num_clients if global_model is not None else 0
         sets: dict[int, SyntheticSet] = {}
         rejected: dict[int, str] = {}
+        up = 0
+        spent: dict[str, float] = {}
         for cid, part in parts.items():
             t0 = time.perf_counter()
-            syn = client_distill(
-                part,
-                method,
-                ipc,
-                method_config,
-                seed=client_seed(seed, cid, rnd),
-                device=device,
-                model=global_model,
-                progress=progress,
-            )
+            try:
+                syn = client_distill(
+                    part,
+                    method,
+                    ipc,
+                    method_config,
+                    seed=client_seed(seed, cid, rnd),
+                    device=device,
+                    model=global_model,
+                    progress=progress,
+                    rounds=rounds,
+                    ledger=ledgers.get(cid),
+                )
+            except PrivacyBudgetExceeded as exc:
+                log.warning("client %d, round %d: %s", cid, rnd, exc)
+                rejected[cid] = f"client refused: {exc}"
+                result.clients[cid] = {**result.clients.get(cid, {}), "error": str(exc)}
+                continue
+            ledgers[cid] = ledger_of(syn.privacy)
+            if ledgers[cid] is not None:
+                spent[str(cid)] = ledgers[cid].epsilon_spent()
             seconds = time.perf_counter() - t0
             result.client_seconds += seconds
             if set_tamper is not None:
                 syn = set_tamper(cid, syn)
             result.clients[cid] = set_metrics(syn, len(part), seconds)
+            up += result.clients[cid]["bytes"]
             try:
                 check_client_set(syn, info, max_ipc=max_ipc, max_bytes=max_bytes)
             except SyntheticSetError as exc:
                 rejected[cid] = str(exc)
                 continue
             sets[cid] = syn
-        up = sum(result.clients[cid]["bytes"] for cid in parts)
         kept = sorted(sets)
         if set_filter is not None and sets:
             kept, filtered = set_filter(dict(sets))
@@ -507,6 +560,7 @@ def simulate_feddm(
                 "cum_bytes_up": result.bytes_up,
                 "kept": kept,
                 "rejected": {str(k): v for k, v in rejected.items()},
+                **({"epsilon": spent} if spent else {}),
             }
         )
         log.info("feddm round %d/%d: accuracy %.4f, kept %s", rnd, rounds, acc, kept)

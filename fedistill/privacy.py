@@ -377,3 +377,11 @@ class PrivacyLedger:
                 f"ledger state spends {ledger.steps} steps, over its plan of {ledger.planned_steps}"
             )
         return ledger
+
+
+def ledger_of(privacy: dict | None) -> PrivacyLedger | None:
+    """The ledger a set's ``meta["privacy"]`` records (None when it records none: a method
+    without a ledger, or a non-private set) — what a client hands to its next round."""
+    if not privacy or "planned_steps" not in privacy or "history" not in privacy:
+        return None
+    return PrivacyLedger.from_state(privacy)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -15,7 +16,9 @@ from fedistill.distill import psg as psg_module
 from fedistill.distill.psg import poisson_sample, private_gradient
 from fedistill.errors import ConfigError, PrivacyBudgetExceeded
 from fedistill.evaluate import EvalConfig, evaluate_set
+from fedistill.federated import set_metrics, simulate_feddm
 from fedistill.models import build_model
+from fedistill.privacy import ledger_of
 from fedistill.synthetic import SyntheticSet
 
 TINY = {"width": 16, "iterations": 2, "outer_loop": 2, "batch_loop": 2, "inner_loop": 2}
@@ -169,3 +172,135 @@ def test_psg_beats_chance_on_digits(digits_train, digits_test):
     assert syn.meta["hyperparameters"]["depth"] == 2  # the depth that ran is recorded
     res = evaluate_set(syn, digits_test, EvalConfig(epochs=50, num_models=1))
     assert res.mean > 0.4, res.accuracies  # chance is 0.10
+
+
+# --------------------------------------------------------------------------- issue 11
+
+SMALL = {**TINY, "batch_real": 24}  # small Poisson batches: cheap per-sample gradients
+
+
+def _record(monkeypatch):
+    """Record every network psg builds (its initial weights) and every private gradient."""
+    nets, grads = [], []
+    build, private = psg_module.build_model, psg_module.private_gradient
+
+    def building(*args, **kwargs):
+        net = build(*args, **kwargs)
+        nets.append(torch.cat([p.detach().flatten().clone() for p in net.parameters()]))
+        return net
+
+    def privatising(*args, **kwargs):
+        out = private(*args, **kwargs)
+        grads.append(torch.cat([g.flatten() for g in out]))
+        return out
+
+    monkeypatch.setattr(psg_module, "build_model", building)
+    monkeypatch.setattr(psg_module, "private_gradient", privatising)
+    return nets, grads
+
+
+def test_secure_noise_differs_between_runs_but_networks_are_shared(digits_train, monkeypatch):
+    nets, grads = _record(monkeypatch)
+    runs = [distill("psg", digits_train, 1, seed=7, epsilon=5.0, **SMALL) for _ in range(2)]
+    steps = TINY["iterations"] * TINY["outer_loop"] * TINY["batch_loop"]
+    assert len(nets) == 2 * TINY["iterations"] and len(grads) == 2 * steps
+    for a, b in zip(nets[:2], nets[2:]):  # the seed's public randomness: same networks
+        assert torch.equal(a, b)
+    assert not torch.allclose(grads[0], grads[steps])  # but other noise and batches
+    assert not torch.equal(runs[0].images, runs[1].images)
+    for syn in runs:
+        assert syn.privacy["noise"] == "secure" and syn.privacy["guarantee"] is True
+        assert "noise_seed" not in json.dumps(syn.meta)  # nothing recorded reproduces it
+
+
+def test_replayable_noise_is_bit_identical_and_marked(digits_train, monkeypatch):
+    nets, grads = _record(monkeypatch)
+    kw = {"seed": 7, "epsilon": 5.0, "secure_noise": False, **SMALL}
+    a, b = (distill("psg", digits_train, 1, **kw) for _ in range(2))
+    secure = distill("psg", digits_train, 1, seed=7, epsilon=5.0, **SMALL)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    steps = len(grads) // 3
+    assert all(torch.equal(g, h) for g, h in zip(grads[:steps], grads[steps : 2 * steps]))
+    assert torch.equal(nets[0], nets[-TINY["iterations"]])  # secure run: same networks too
+    assert not torch.equal(a.images, secure.images)
+    assert a.privacy["noise"] == "replayable" and a.privacy["guarantee"] is False
+    assert set_metrics(a, 10, 0.0)["noise_secure"] == 0
+    assert set_metrics(secure, 10, 0.0)["noise_secure"] == 1
+
+
+def test_provenance_states_the_neighbouring_relation_and_what_is_public(digits_train):
+    syn = distill("psg", digits_train, 1, seed=0, epsilon=5.0, **SMALL)
+    priv = syn.privacy
+    assert "add/remove one" in priv["neighbouring"]
+    public = " | ".join(priv["public"])
+    for fact in ("ipc", "class list", "image shape", "sample rate", "declared public"):
+        assert fact in public, fact
+    assert syn.meta["source_size"] == len(digits_train)  # the true N was declared public
+    hidden = distill("psg", digits_train, 1, seed=0, epsilon=5.0, public_size=1000, **SMALL)
+    assert "source_size" not in hidden.meta and hidden.meta["public_size"] == 1000
+    assert hidden.privacy["sample_rate"] == pytest.approx(24 / 1000)
+    assert "not released" in " ".join(hidden.privacy["public"])
+    assert set_metrics(hidden, len(digits_train), 0.0)["num_examples"] == 1000
+
+
+def test_one_ledger_across_rounds_composes_and_refuses_past_its_plan(digits_train):
+    cfg = {"epsilon": 3.0, "rounds": 2, **SMALL}
+    first = distill("psg", digits_train, 1, seed=0, **cfg)
+    ledger = ledger_of(first.privacy)
+    m = get_method("psg")
+    second = m.fn(digits_train, 1, m.make_config(**cfg), seed=1, ledger=ledger)
+    p1, p2 = first.privacy, second.privacy
+    assert p1["noise_multiplier"] == p2["noise_multiplier"]  # σ calibrated once, for both
+    assert p2["steps"] == 2 * p1["steps"] == p2["planned_steps"]
+    assert p1["epsilon"] < p2["epsilon"] <= 3.0
+    with pytest.raises(PrivacyBudgetExceeded, match="planned for 16 private steps, 16 are spent"):
+        m.fn(digits_train, 1, m.make_config(**cfg), seed=2, ledger=ledger)
+    with pytest.raises(PrivacyBudgetExceeded, match="another run"):  # not this run's ledger
+        m.fn(digits_train, 1, m.make_config(**{**cfg, "epsilon": 4.0}), seed=2, ledger=ledger)
+
+
+@pytest.mark.slow  # ≈ 15 s quiet, over a minute on a loaded machine
+def test_feddm_three_rounds_records_the_composed_epsilon_of_each_client(digits_train, digits_test):
+    fast = EvalConfig(model="mlp", epochs=2, num_models=1, lr=0.05, batch_size=64, dsa=False)
+    target = 2.0
+    res = simulate_feddm(
+        digits_train,
+        digits_test,
+        num_clients=2,
+        partitioner="iid",
+        method="psg",
+        ipc=1,
+        method_config={"epsilon": target, **SMALL},
+        eval_cfg=fast,
+        rounds=3,
+    )
+    steps = TINY["iterations"] * TINY["outer_loop"] * TINY["batch_loop"]
+    sigma = {cid: syn.privacy["noise_multiplier"] for cid, syn in res.sets.items()}
+    for cid, syn in res.sets.items():
+        q = syn.privacy["sample_rate"]
+        assert q == pytest.approx(24 / len(res.partitions[cid]))
+        assert syn.privacy["planned_steps"] == 3 * steps  # σ calibrated for all 3 rounds
+        previous = 0.0
+        for rnd, hist in enumerate(res.history, start=1):
+            acc = RDPAccountant()  # a fresh accountant over this client's whole history
+            for _ in range(rnd * steps):
+                acc.step(noise_multiplier=sigma[cid], sample_rate=q)
+            want = acc.get_epsilon(delta=1e-5)
+            assert hist["epsilon"][str(cid)] == pytest.approx(want, rel=1e-9)
+            assert previous < hist["epsilon"][str(cid)] <= target
+            previous = hist["epsilon"][str(cid)]
+        assert res.clients[cid]["epsilon"] == pytest.approx(previous, rel=1e-12)
+        assert res.clients[cid]["private_steps"] == 3 * steps
+    # a budget planned for fewer rounds than the run: the client refuses, with the reason
+    with pytest.raises(ConfigError, match="privacy budget exceeded"):
+        simulate_feddm(
+            digits_train,
+            digits_test,
+            num_clients=1,
+            partitioner="iid",
+            method="psg",
+            ipc=1,
+            method_config={"epsilon": target, "rounds": 1, **SMALL},
+            eval_cfg=fast,
+            rounds=2,
+        )
