@@ -134,6 +134,9 @@ def test_non_private_overfit_pipeline_leaks_a_clearly_positive_epsilon(digits_tr
     assert out["runs_for_bound"] == 8 and out["runs_for_threshold"] == 8
     assert out["epsilon_lb"] > 1.0
     assert out["epsilon_lb"] <= out["epsilon_lb_ceiling"] + 1e-9
+    # beside its ceiling: 8 runs × 8 canaries for the bound cannot show much, and say so
+    assert out["ceiling"] == out["epsilon_lb_ceiling"] and out["trials"] == 64
+    assert out["verdict"] == "inconclusive" and out["accountant_epsilon"] is None
 
 
 @pytest.mark.slow
@@ -165,3 +168,5 @@ def test_dp_psg_audit_stays_below_its_claimed_epsilon(digits_train):
     assert out["claimed_epsilon"] == pytest.approx(1.0, rel=0.05)
     assert out["epsilon_lb"] <= out["claimed_epsilon"], out
     assert out["consistent"]
+    assert out["accountant_epsilon"] <= out["claimed_epsilon"]
+    assert out["verdict"] == ("inconclusive" if out["ceiling"] < 1.0 else "consistent")
