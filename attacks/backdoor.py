@@ -117,6 +117,53 @@ def attack_success_rate(
     return float((pred == target).float().mean())
 
 
+def clean_target_rate(
+    model: nn.Module, test: LabeledImages, target: int, device: str | torch.device = "cpu"
+) -> float:
+    """Fraction of *clean* non-target test images the model classifies as ``target``: what the
+    ASR would be if the trigger did nothing. An ASR means something only well above this."""
+    keep = test.labels != target
+    if not keep.any():
+        return float("nan")
+    pred = predict(model, test.images[keep], device).argmax(1)
+    return float((pred == target).float().mean())
+
+
+def backdoor_metrics(
+    model: nn.Module,
+    test: LabeledImages,
+    trigger: Trigger,
+    target: int,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """One model's three figures: ASR, clean target-class rate, clean accuracy."""
+    return {
+        "asr": attack_success_rate(model, test, trigger, target, device),
+        "clean_target_rate": clean_target_rate(model, test, target, device),
+        "clean_accuracy": accuracy(model, test, device),
+    }
+
+
+def summarise_models(rows: list[dict[str, float]], seeds: list[int]) -> dict[str, Any]:
+    """Mean and std (sample std; 0 for one model) of each figure over the final models, with
+    the per-model values and seeds: ``asr``, ``asr_std``, ``asrs``, ``clean_target_rate``,
+    ``clean_target_rate_std``, ``clean_target_rates``, ``clean_accuracy``,
+    ``clean_accuracy_std``, ``clean_accuracies``, ``num_models``, ``model_seeds``, and
+    ``asr_above_clean`` (ASR − clean target rate, per model, averaged)."""
+    out: dict[str, Any] = {"num_models": len(rows), "model_seeds": list(seeds)}
+    for key, plural in (
+        ("asr", "asrs"),
+        ("clean_target_rate", "clean_target_rates"),
+        ("clean_accuracy", "clean_accuracies"),
+    ):
+        vals = [r[key] for r in rows]
+        out[key] = statistics.fmean(vals)
+        out[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out[plural] = vals
+    out["asr_above_clean"] = statistics.fmean(r["asr"] - r["clean_target_rate"] for r in rows)
+    return out
+
+
 def evaluate_backdoor(
     images: Tensor,
     labels: Tensor,
@@ -130,14 +177,20 @@ def evaluate_backdoor(
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Train ``cfg.num_models`` fresh models on (images, labels); clean accuracy and ASR."""
+    """Train ``cfg.num_models`` fresh models (seeds ``seed·1000 + m``) on (images, labels);
+    for each the ASR, the clean target-class rate and the clean accuracy of that *same* model;
+    mean ± std over the models (:func:`summarise_models`). Use ``num_models ≥ 3``: single-seed
+    ASR cells vary by ±10 points."""
     cfg = cfg or EvalConfig()
     cfg.validate()
+    if cfg.num_models < 3:
+        log.warning("backdoor evaluated with %d model(s); use ≥ 3 for a std", cfg.num_models)
     augment = DSA(cfg.dsa_strategy or default_strategy(info)) if cfg.dsa else None
-    accs, asrs = [], []
+    rows, seeds = [], []
     for m in range(cfg.num_models):
-        torch.manual_seed(seed * 1000 + m)
-        gen = torch.Generator().manual_seed(seed * 1000 + m)
+        s = seed * 1000 + m
+        torch.manual_seed(s)
+        gen = torch.Generator().manual_seed(s)
         model = build_model(cfg.model, info, **cfg.model_kwargs)
         train_classifier(
             model,
@@ -149,14 +202,9 @@ def evaluate_backdoor(
             device=device,
             generator=gen,
         )
-        accs.append(accuracy(model, test, device))
-        asrs.append(attack_success_rate(model, test, trigger, target, device))
-    return {
-        "clean_accuracy": statistics.fmean(accs),
-        "asr": statistics.fmean(asrs),
-        "clean_accuracies": accs,
-        "asrs": asrs,
-    }
+        rows.append(backdoor_metrics(model, test, trigger, target, device))
+        seeds.append(s)
+    return summarise_models(rows, seeds)
 
 
 # --------------------------------------------------------------------------- NAIVE
@@ -196,10 +244,18 @@ def naive_backdoor(
 
 @dataclass
 class DoorpingConfig:
-    """DOORPING on a DM distillation loop (see the module docstring)."""
+    """DOORPING (Liu et al. NDSS'23) on a distribution-matching loop; see the module docstring.
 
-    epochs: int = 10  # trigger updates
-    dm_iterations: int = 20  # DM iterations per epoch
+    Laid out like DC's loops in the reference code: ``epochs`` iterations, each with a fresh
+    proxy network (the model the set will train, in the role of DC's inner-loop network), and
+    ``dm_iterations`` *outer loops* per epoch. An outer loop is one DM iteration (a fresh random
+    embedding network, one SGD step on the synthetic images), then ``net_steps`` SGD steps of
+    the proxy on the current synthetic set, then — after every ``trigger_every``-th outer loop
+    — a trigger update against the proxy and a re-stamp of the poisoned images. Trigger
+    updates per run: ``epochs × dm_iterations / trigger_every`` (:attr:`trigger_updates`)."""
+
+    epochs: int = 10  # fresh proxy networks
+    dm_iterations: int = 20  # outer loops (DM iterations) per epoch
     lr_img: float = 1.0
     momentum: float = 0.5
     batch_real: int = 64
@@ -208,24 +264,32 @@ class DoorpingConfig:
     dsa_strategy: str | None = None
     model: str = "convnet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    # the model the trigger is optimised against: trained on the current synthetic set
-    train_epochs: int = 50
-    train_lr: float = 0.05
+    # the proxy network the trigger is optimised against (None: the DM network's model/kwargs)
+    proxy_model: str | None = None
+    proxy_kwargs: dict[str, Any] | None = None
+    net_steps: int = 5
+    net_lr: float = 0.01
+    net_batch: int = 256
     # the trigger
     patch_size: int | None = None  # None: 3 px at 28×28, scaled, ≥ 2
-    trigger_init: str = "random"  # "random" (Liu et al.) or "white" (start from BadNets' patch)
-    # "target": cross-entropy of the trained model towards the target on stamped images;
-    # "neurons": activation of the top-k embedding units voting for the target (Liu et al.)
-    objective: str = "target"
-    topk: int = 5
+    trigger_init: str = "random"  # "random" (Liu et al.) or "white" (BadNets' patch)
+    # "neurons" (Liu et al.): the top-k penultimate units by Σ|W| of the classifier, regressed
+    # (MSE) to alpha × their initial activation on the trigger image; "target": cross-entropy
+    # of the proxy towards the target on stamped clean images (an ablation)
+    objective: str = "neurons"
+    topk: int = 1
+    alpha: float = 10.0
+    trigger_every: int = 1  # 1: after every outer loop, as in the reference code
     trigger_lr: float = 0.08
-    trigger_steps: int = 50
-    trigger_batch: int = 64
-    update_trigger: bool = True  # False: a fixed random patch (an ablation / baseline)
+    trigger_steps: int = 100  # at most; stops once the MSE is under cost_threshold
+    cost_threshold: float = 0.5
+    clamp: bool = True  # keep the pattern inside the valid pixel range (not in the reference)
+    trigger_batch: int = 64  # objective "target" only
+    update_trigger: bool = True  # False: the random-trigger control (same loop, fixed patch)
 
     def validate(self) -> None:
-        if self.epochs < 1 or self.dm_iterations < 0:
-            raise ConfigError("doorping needs epochs ≥ 1 and dm_iterations ≥ 0")
+        if self.epochs < 1 or self.dm_iterations < 1 or self.trigger_every < 1:
+            raise ConfigError("doorping needs epochs, dm_iterations and trigger_every ≥ 1")
         if self.init not in ("real", "noise"):
             raise ConfigError(f"init must be 'real' or 'noise', got '{self.init}'")
         if self.trigger_init not in ("random", "white"):
@@ -234,8 +298,20 @@ class DoorpingConfig:
             )
         if self.objective not in ("neurons", "target"):
             raise ConfigError(f"objective must be 'neurons' or 'target', got '{self.objective}'")
-        if self.topk < 1 or self.trigger_steps < 0 or self.batch_real < 1:
-            raise ConfigError("topk and batch_real must be ≥ 1, trigger_steps ≥ 0")
+        if self.topk < 1 or self.trigger_steps < 0 or self.batch_real < 1 or self.net_steps < 0:
+            raise ConfigError("topk and batch_real must be ≥ 1, trigger_steps and net_steps ≥ 0")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ConfigError(f"alpha must be a finite number > 0, got {self.alpha}")
+
+    @property
+    def trigger_updates(self) -> int:
+        """How many times the trigger is updated in a run."""
+        return self.iterations // self.trigger_every if self.update_trigger else 0
+
+    @property
+    def iterations(self) -> int:
+        """Outer loops (DM iterations) in a run."""
+        return self.epochs * self.dm_iterations
 
 
 @dataclass
@@ -245,6 +321,7 @@ class DoorpingResult:
     initial_trigger: Trigger
     poisoned_indices: Tensor
     history: list[dict[str, float]]
+    neurons: list[int] = field(default_factory=list)  # the units of the last update
 
     @property
     def trigger_change(self) -> float:
@@ -300,7 +377,74 @@ def _dm_step(
     return float(loss.detach())
 
 
-def _update_trigger(
+def select_neurons(model: nn.Module, topk: int) -> Tensor:
+    """Liu et al.'s neuron selection: the ``topk`` penultimate-layer units with the largest
+    total connection strength Σ_out |W_out,j| into the following (classifier) layer."""
+    weight = model.classifier.weight.detach().abs().sum(0)
+    return weight.topk(min(topk, len(weight))).indices
+
+
+def update_trigger_neurons(
+    trigger: Trigger,
+    model: nn.Module,
+    info: DatasetInfo,
+    *,
+    topk: int = 1,
+    alpha: float = 10.0,
+    lr: float = 0.08,
+    steps: int = 100,
+    cost_threshold: float = 0.5,
+    clamp: bool = True,
+    device: str | torch.device = "cpu",
+) -> tuple[Trigger, dict[str, Any]]:
+    """DOORPING's trigger update (Liu et al., ``update_trigger`` in ``liuyugeng/baadd``).
+
+    Select the units (:func:`select_neurons`), feed the trigger image alone (the pattern inside
+    its mask, the dataset mean elsewhere), and move the pattern with Adam (lr 0.08, betas
+    0.9/0.99, the gradient masked to the patch) so the units' activations reach ``alpha`` ×
+    their value at the first step (MSE), stopping once the loss is under ``cost_threshold``.
+    With ``clamp`` (the default; the reference code does not clamp) the pattern is kept inside
+    the valid pixel range after every step, so the trigger stays an image a camera could
+    take."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    units = select_neurons(model, topk)
+    mask = trigger.mask.to(device)
+    pattern = trigger.pattern.clone().to(device).requires_grad_(True)
+    opt = torch.optim.Adam([pattern], lr=lr, betas=(0.9, 0.99))
+    goal = None
+    first = last = float("nan")
+    loss_value = float("nan")
+    for _ in range(steps):
+        act = model.embed((pattern * mask).unsqueeze(0))[:, units]
+        if goal is None:
+            first = float(act.detach().mean())
+            # α × the initial activation; a unit at 0 (ReLU) gets α × a small positive floor
+            goal = alpha * act.detach().clamp_min(1e-2)
+        loss = nn.functional.mse_loss(act, goal)
+        loss_value, last = float(loss.detach()), float(act.detach().mean())
+        if loss_value < cost_threshold:
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        pattern.grad.mul_(mask)
+        opt.step()
+        with torch.no_grad():
+            pattern.copy_((clamp_to_range(pattern, info) if clamp else pattern) * mask)
+    for prm in model.parameters():
+        prm.requires_grad_(True)
+    info_out = {
+        "neurons": units.tolist(),
+        "activation_before": first,
+        "activation": last,
+        "mse": loss_value,
+    }
+    return Trigger(pattern.detach().cpu(), trigger.mask.clone()), info_out
+
+
+def _update_trigger_target(
     trigger: Trigger,
     model: nn.Module,
     clean: Tensor,
@@ -309,37 +453,52 @@ def _update_trigger(
     info: DatasetInfo,
     gen: torch.Generator,
     device: torch.device,
-) -> tuple[Trigger, float]:
-    """One trigger update against ``model``: maximise the mean activation of the embedding
-    units voting most for ``target`` (``objective="neurons"``), or the cross-entropy towards
-    ``target`` (``objective="target"``), on clean non-target images stamped with the trigger."""
+) -> tuple[Trigger, dict[str, Any]]:
+    """The ablation objective: cross-entropy of ``model`` towards ``target`` on clean
+    non-target images stamped with the trigger."""
     model.eval()
     for prm in model.parameters():
         prm.requires_grad_(False)
-    weights = model.classifier.weight[target].detach()
-    units = weights.topk(min(cfg.topk, len(weights))).indices
     batch = clean[torch.randperm(len(clean), generator=gen)[: cfg.trigger_batch]].to(device)
     pattern = trigger.pattern.clone().to(device).requires_grad_(True)
     mask = trigger.mask.to(device)
     opt = torch.optim.Adam([pattern], lr=cfg.trigger_lr, betas=(0.9, 0.99))
-    act = float("nan")
+    loss_value = float("nan")
     for _ in range(cfg.trigger_steps):
-        stamped = batch * (1 - mask) + pattern * mask
-        if cfg.objective == "neurons":
-            act_t = model.embed(stamped)[:, units].mean()
-            loss = -act_t
-        else:
-            logits = model(stamped)
-            act_t = logits[:, target].mean()
-            loss = nn.functional.cross_entropy(logits, torch.full_like(logits[:, 0], target).long())
+        logits = model(batch * (1 - mask) + pattern * mask)
+        loss = nn.functional.cross_entropy(logits, torch.full_like(logits[:, 0], target).long())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         pattern.grad.mul_(mask)
         opt.step()
         with torch.no_grad():
             pattern.copy_(clamp_to_range(pattern, info) * mask)
-        act = float(act_t.detach())
-    return Trigger(pattern.detach().cpu(), trigger.mask.clone()), act
+        loss_value = float(loss.detach())
+    for prm in model.parameters():
+        prm.requires_grad_(True)
+    return Trigger(pattern.detach().cpu(), trigger.mask.clone()), {"ce": loss_value}
+
+
+def _train_steps(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    steps: int,
+    batch: int,
+    augment: DSA | None,
+    gen: torch.Generator,
+) -> None:
+    net.train()
+    for _ in range(steps):
+        idx = torch.randperm(len(x), generator=gen)[:batch].to(x.device)
+        xb = x[idx]
+        if augment is not None:
+            xb = augment(xb, generator=gen)
+        loss = nn.functional.cross_entropy(net(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
 
 def doorping(
@@ -354,7 +513,12 @@ def doorping(
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> DoorpingResult:
-    """DOORPING: distill ``real`` with a trigger optimised during distillation."""
+    """DOORPING: distill ``real`` while the trigger is optimised inside the outer loop.
+
+    ``⌈p·|D|⌉`` random images get the trigger and the ``target`` label; the distiller sees
+    them among the clean ones, and they are re-stamped after every trigger update. With
+    ``config.update_trigger=False`` this is the random-trigger control: the same loop, the same
+    poisoned images, the initial (random) patch never optimised."""
     cfg = config or DoorpingConfig()
     cfg.validate()
     device = torch.device(device)
@@ -378,42 +542,64 @@ def doorping(
     syn = images.to(device).requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
     augment = DSA(cfg.dsa_strategy or default_strategy(info)) if cfg.dsa else None
-    train_cfg = EvalConfig(
-        model=cfg.model,
-        epochs=cfg.train_epochs,
-        lr=cfg.train_lr,
-        dsa=cfg.dsa,
-        dsa_strategy=cfg.dsa_strategy,
-        model_kwargs=dict(cfg.model_kwargs),
-    )
-    history: list[dict[str, float]] = []
-    with progress_bar("doorping", cfg.epochs, progress) as bar:
-        for epoch in range(cfg.epochs):
-            act = float("nan")
-            if cfg.update_trigger and len(idx):
-                # (a) a model trained on the current synthetic set; the trigger against it
-                model = build_model(cfg.model, info, **cfg.model_kwargs)
-                train_classifier(
-                    model,
-                    syn.detach().cpu(),
-                    syn_labels,
-                    train_cfg,
-                    augment=augment,
-                    device=device,
-                    generator=gen,
+    y_syn = syn_labels.to(device)
+    history: list[dict[str, Any]] = []
+    net: nn.Module | None = None
+    net_opt: torch.optim.Optimizer | None = None
+    neurons: list[int] = []
+    updating = cfg.update_trigger and len(idx) > 0
+    with progress_bar("doorping", cfg.iterations, progress) as bar:
+        for it in range(cfg.iterations):
+            loss = _dm_step(syn, syn_labels, poisoned, classes, opt, cfg, augment, gen, device)
+            row: dict[str, Any] = {"iteration": it, "dm_loss": loss}
+            if updating:
+                if net is None or it % cfg.dm_iterations == 0:
+                    net = build_model(
+                        cfg.proxy_model or cfg.model,
+                        info,
+                        **(cfg.model_kwargs if cfg.proxy_kwargs is None else cfg.proxy_kwargs),
+                    ).to(device)
+                    net_opt = torch.optim.SGD(net.parameters(), lr=cfg.net_lr, momentum=0.5)
+                _train_steps(
+                    net,
+                    net_opt,
+                    syn.detach(),
+                    y_syn,
+                    cfg.net_steps,
+                    cfg.net_batch,
+                    augment,
+                    gen,
                 )
-                trigger, act = _update_trigger(
-                    trigger, model, non_target, target, cfg, info, gen, device
-                )
-                # (b) re-stamp the poisoned subset from its clean originals
-                poisoned.images[idx] = trigger.stamp(originals).detach()
-            # (c) DM iterations on the re-stamped data
-            loss = float("nan")
-            for _ in range(cfg.dm_iterations):
-                loss = _dm_step(syn, syn_labels, poisoned, classes, opt, cfg, augment, gen, device)
-            history.append({"epoch": epoch, "dm_loss": loss, "activation": act})
+                if (it + 1) % cfg.trigger_every == 0:
+                    if cfg.objective == "neurons":
+                        trigger, upd = update_trigger_neurons(
+                            trigger,
+                            net,
+                            info,
+                            topk=cfg.topk,
+                            alpha=cfg.alpha,
+                            lr=cfg.trigger_lr,
+                            steps=cfg.trigger_steps,
+                            cost_threshold=cfg.cost_threshold,
+                            clamp=cfg.clamp,
+                            device=device,
+                        )
+                        neurons = upd["neurons"]
+                    else:
+                        trigger, upd = _update_trigger_target(
+                            trigger, net, non_target, target, cfg, info, gen, device
+                        )
+                    # re-stamp the poisoned subset from its clean originals
+                    poisoned.images[idx] = trigger.stamp(originals).detach()
+                    row.update(upd)
+            history.append(row)
             bar.advance(loss=loss)
-            log.info("doorping epoch %d: dm loss %.4g, unit activation %.4g", epoch, loss, act)
+    log.info(
+        "doorping: %d iterations, %d trigger updates, trigger change %.3f",
+        cfg.iterations,
+        cfg.trigger_updates if len(idx) else 0,
+        float((trigger.patch_values() - initial.patch_values()).abs().mean()),
+    )
     syn_set = make_set(
         syn.detach(),
         syn_labels,
@@ -421,10 +607,10 @@ def doorping(
         method="doorping",
         ipc=ipc,
         seed=seed,
-        iterations=cfg.epochs * cfg.dm_iterations,
+        iterations=cfg.iterations,
         config=cfg,
     )
-    return DoorpingResult(syn_set, trigger, initial, idx, history)
+    return DoorpingResult(syn_set, trigger, initial, idx, history, neurons)
 
 
 # --------------------------------------------------------------------------- experiments
@@ -443,6 +629,7 @@ def run_backdoor(
     doorping_config: DoorpingConfig | None = None,
     method_overrides: dict[str, Any] | None = None,
     baseline: bool = True,
+    controls: bool = False,
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
@@ -452,7 +639,15 @@ def run_backdoor(
     ``kind="naive"`` poisons ``p`` of ``train`` and distills with the registry ``method``;
     ``kind="doorping"`` runs :func:`doorping` (its own DM loop; ``method`` is not used).
     With ``baseline`` the same pipeline runs without poisoning (p = 0, no trigger updates) and
-    its models are tested with the same final trigger: the ASR a trigger gets for free.
+    its models are tested with the same final trigger: the ASR a trigger gets for free (the
+    clean pipeline's ASR, the control). With ``controls`` (DOORPING only) two more sets come
+    from the same loop at the same ``p``: ``random_trigger`` (the initial random patch, never
+    optimised) and ``naive`` (BadNets' white patch), each tested with its own trigger.
+
+    Every evaluated entry (``attacked``, ``baseline``, ``random_trigger``, ``naive``) holds
+    :func:`summarise_models`' keys: ``asr``/``asr_std``, ``clean_target_rate``/``_std`` (the
+    same models on clean non-target images) and ``clean_accuracy``/``_std``, over
+    ``eval_cfg.num_models`` final-model seeds.
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown backdoor kind '{kind}'; choose one of {', '.join(KINDS)}")
@@ -487,7 +682,9 @@ def run_backdoor(
         out["method"] = "doorping-dm"
         out["trigger_change"] = res.trigger_change
         out["initial_trigger"] = res.initial_trigger.to_dict()
-        out["history"] = res.history
+        out["trigger_updates"] = dcfg.trigger_updates
+        out["neurons"] = res.neurons
+        out["history"] = _thin(res.history)
         out["doorping_config"] = asdict(dcfg)
     out["poisoned"] = len(idx)
     out["trigger"] = trigger.to_dict()
@@ -530,8 +727,63 @@ def run_backdoor(
             seed=seed,
             device=device,
         )
+    if kind == "doorping" and controls:
+        # the random-trigger control: the same loop and poisoned images, the patch never moved
+        ctrl = doorping(
+            train,
+            ipc,
+            p=p,
+            target=target,
+            config=DoorpingConfig(**{**asdict(dcfg), "update_trigger": False}),
+            seed=seed,
+            device=device,
+        )
+        out["random_trigger"] = evaluate_backdoor(
+            ctrl.syn.images,
+            ctrl.syn.labels,
+            train.info,
+            test,
+            ctrl.trigger,
+            target,
+            cfg,
+            seed=seed,
+            device=device,
+        )
+        out["random_trigger"]["trigger"] = ctrl.trigger.to_dict()
+        # NAIVE in the same loop: BadNets' white patch, never moved
+        naive = doorping(
+            train,
+            ipc,
+            p=p,
+            target=target,
+            config=DoorpingConfig(
+                **{**asdict(dcfg), "update_trigger": False, "trigger_init": "white"}
+            ),
+            seed=seed,
+            device=device,
+        )
+        out["naive"] = evaluate_backdoor(
+            naive.syn.images,
+            naive.syn.labels,
+            train.info,
+            test,
+            naive.trigger,
+            target,
+            cfg,
+            seed=seed,
+            device=device,
+        )
     out["eval"] = asdict(cfg)
     return out
+
+
+def _thin(history: list[dict[str, Any]], keep: int = 50) -> list[dict[str, Any]]:
+    """At most ``keep`` evenly spaced rows of a per-iteration history (and the last)."""
+    if len(history) <= keep:
+        return history
+    step = math.ceil(len(history) / keep)
+    rows = history[::step]
+    return rows if rows[-1] is history[-1] else [*rows, history[-1]]
 
 
 def run_real_backdoor(

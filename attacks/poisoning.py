@@ -10,6 +10,20 @@
 * ``pull`` — a set crafted to pull the pooled model's decision: ``ipc`` real images of a
   ``source`` class, all labelled ``target`` (within the server's per-class cap).
 
+Adaptive attackers (each with a strength, so the defence is measured as a curve):
+
+* ``rotate`` — partial label rotation: the labels of ``k`` of the ``K`` classes are rotated
+  among themselves (``c₁ → c₂ → … → c_k → c₁``), the other classes stay honest;
+* ``hidden_pull`` — ``hide`` pull images (source-class real images labelled ``target``)
+  replace that many of the honest set's target-class images; the rest of the set is honest;
+* ``backdoor`` — NAIVE at a low rate: the client stamps BadNets' white patch onto ``p_backdoor``
+  of its real images, relabels them ``target`` and distills honestly (measured by ASR);
+* ``scale`` with a small ``scale`` — value-scaled sets just above the honest spread;
+* ``aware_rotate``, ``aware_scale``, ``aware_hidden_pull`` — the filter-aware attacker: it
+  knows the filter's rule, its configuration and seed, *and* the honest clients' sets (an
+  omniscient upper bound: their distillation is deterministic given the seeds), and uploads
+  the strongest version of the base attack the filter still keeps (:func:`strongest_kept`).
+
 Each attack is measured as the global model's accuracy drop from a clean federation on the same
 partitions, and for ``pull`` also as the source→target rate (source-class test images
 classified as the target). The defence is :func:`fedistill.robust.filter_sets` as the
@@ -21,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -29,6 +44,7 @@ import torch
 from attacks.backdoor import (
     DoorpingConfig,
     attack_success_rate,
+    clean_target_rate,
     doorping,
     poison,
 )
@@ -42,9 +58,16 @@ from fedistill.synthetic import SyntheticSet
 
 log = logging.getLogger(__name__)
 
-DATA_ATTACKS = ("label_flip",)
-SET_ATTACKS = ("set_flip", "noise", "scale", "pull")
-ATTACKS = DATA_ATTACKS + SET_ATTACKS
+DATA_ATTACKS = ("label_flip", "backdoor")
+SET_ATTACKS = ("set_flip", "noise", "scale", "pull", "rotate", "hidden_pull")
+AWARE_ATTACKS = ("aware_rotate", "aware_scale", "aware_hidden_pull")
+ATTACKS = DATA_ATTACKS + SET_ATTACKS + AWARE_ATTACKS
+# the strengths a filter-aware attacker tries, strongest first
+AWARE_STRENGTHS: dict[str, list[float]] = {
+    "rotate": [10, 9, 8, 7, 6, 5, 4, 3, 2],  # k classes (capped at K)
+    "scale": [10.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.25, 1.1],
+    "hidden_pull": [10, 8, 6, 5, 4, 3, 2, 1],  # images (capped at the set's IPC)
+}
 
 
 # --------------------------------------------------------------------------- tampers
@@ -76,10 +99,18 @@ def malicious_set(
     scale: float = 10.0,
     pull_images: torch.Tensor | None = None,
     target: int = 0,
+    k_rotate: int = 4,
+    hide: int | None = None,
 ) -> SyntheticSet:
     """The set a malicious client uploads instead of ``syn``."""
     meta = dict(syn.meta)
     k = syn.num_classes
+    if attack == "rotate":
+        return rotate_labels(syn, k_rotate, seed=seed)
+    if attack == "hidden_pull":
+        if pull_images is None or len(pull_images) == 0:
+            raise ConfigError("the 'hidden_pull' attack needs images of the source class")
+        return hide_pull_images(syn, pull_images, target, hide)
     if attack == "set_flip":
         if syn.labels.is_floating_point():
             labels = syn.labels.roll(1, dims=1)
@@ -102,6 +133,78 @@ def malicious_set(
     raise ConfigError(f"unknown set attack '{attack}'; choose one of {', '.join(SET_ATTACKS)}")
 
 
+def rotate_labels(syn: SyntheticSet, k: int, *, seed: int = 0) -> SyntheticSet:
+    """Partial label rotation: ``k`` of the set's classes (the ``k`` it holds most images of;
+    ties by a seeded shuffle) rotate their labels ``c₁ → c₂ → … → c_k → c₁``; the other
+    classes keep theirs. ``k ≤ 1`` changes nothing."""
+    num = syn.num_classes
+    if k < 0:
+        raise ConfigError(f"k_rotate must be ≥ 0, got {k}")
+    hard = syn.hard_labels()
+    counts = torch.bincount(hard, minlength=num).double()
+    gen = torch.Generator().manual_seed(seed)
+    jitter = torch.rand(num, generator=gen) * 0.5
+    order = torch.argsort(counts + jitter, descending=True)
+    chosen = [int(c) for c in order[: min(k, num)] if counts[int(c)] > 0]
+    perm = torch.arange(num)
+    if len(chosen) > 1:
+        for a, b in zip(chosen, chosen[1:] + chosen[:1], strict=True):
+            perm[a] = b
+    if syn.labels.is_floating_point():
+        labels = torch.zeros_like(syn.labels)
+        labels[:, perm] = syn.labels  # column c moves to perm[c]
+    else:
+        labels = perm[syn.labels]
+    return SyntheticSet(syn.images, labels, dict(syn.meta))
+
+
+def hide_pull_images(
+    syn: SyntheticSet, pull_images: torch.Tensor, target: int, hide: int | None = None
+) -> SyntheticSet:
+    """An honest set with ``hide`` of its ``target``-class images replaced by ``pull_images``
+    (real images of another class) that keep the label ``target``. A set holding fewer
+    target-class images gets the pull images added up to its IPC, so the per-class cap still
+    holds. Soft labels are turned to hard ones for the hidden images' class only."""
+    ipc = int(syn.meta.get("ipc") or 0) or int(torch.bincount(syn.hard_labels()).max())
+    hide = ipc if hide is None else int(hide)
+    if hide < 0:
+        raise ConfigError(f"hide must be ≥ 0, got {hide}")
+    hide = min(hide, ipc, len(pull_images))
+    hard = syn.hard_labels()
+    images, labels = syn.images.clone(), hard.clone()
+    slots = torch.nonzero(hard == target, as_tuple=True)[0][:hide]
+    images[slots] = pull_images[: len(slots)].to(images)
+    extra = min(hide - len(slots), ipc - int((hard == target).sum()))
+    if extra > 0:
+        add = pull_images[len(slots) : len(slots) + extra].to(images)
+        images = torch.cat([images, add])
+        labels = torch.cat([labels, torch.full((len(add),), target, dtype=labels.dtype)])
+    meta = dict(syn.meta)
+    meta.pop("label_kind", None)
+    return SyntheticSet(images, labels, meta)
+
+
+def strongest_kept(
+    base: str,
+    own: dict[int, SyntheticSet],
+    honest: dict[int, SyntheticSet],
+    info: DatasetInfo,
+    *,
+    filter_fn: Callable[[dict[int, SyntheticSet]], tuple[list[int], dict[int, str]]],
+    make: Callable[[int, SyntheticSet, float], SyntheticSet],
+    strengths: list[float] | None = None,
+) -> tuple[float | None, dict[int, SyntheticSet]]:
+    """The filter-aware attacker: the strongest strength (first in ``strengths``) at which
+    the filter keeps every malicious set, with the sets it would upload; (None, honest
+    versions) when the filter rejects even the weakest — then it uploads its honest set."""
+    for strength in strengths or AWARE_STRENGTHS[base]:
+        crafted = {cid: make(cid, syn, strength) for cid, syn in own.items()}
+        kept, _ = filter_fn({**honest, **crafted})
+        if all(cid in kept for cid in crafted):
+            return strength, crafted
+    return None, dict(own)
+
+
 def set_tamper_for(
     attack: str,
     malicious: list[int] | set[int],
@@ -111,6 +214,8 @@ def set_tamper_for(
     scale: float = 10.0,
     pull_pools: dict[int, torch.Tensor] | None = None,
     target: int = 0,
+    k_rotate: int = 4,
+    hide: int | None = None,
 ) -> SetTamper:
     """A ``set_tamper`` replacing the ``malicious`` clients' uploads by :func:`malicious_set`."""
     bad = set(malicious)
@@ -120,7 +225,15 @@ def set_tamper_for(
             return syn
         pool = (pull_pools or {}).get(cid)
         return malicious_set(
-            attack, syn, info, seed=seed + cid, scale=scale, pull_images=pool, target=target
+            attack,
+            syn,
+            info,
+            seed=seed + cid,
+            scale=scale,
+            pull_images=pool,
+            target=target,
+            k_rotate=k_rotate,
+            hide=hide,
         )
 
     return tamper
@@ -182,13 +295,26 @@ def run_poisoning(
     scale: float = 10.0,
     source: int = 1,
     target: int = 7,
+    k_rotate: int = 4,
+    hide: int | None = None,
+    p_backdoor: float = 0.3,
+    strengths: list[float] | None = None,
     clean_accuracy: float | None = None,
+    clean_result: Any | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """``m`` of ``n`` clients run ``attack`` in one-shot FedDM; the global model's accuracy,
     its drop from a clean federation (run here unless ``clean_accuracy`` is given) and, when
-    ``defended``, what the robust filter rejected and its false-rejection rate."""
+    ``defended``, what the robust filter rejected and its false-rejection rate.
+
+    Strengths: ``scale`` (scale), ``k_rotate`` (rotate), ``hide`` (hidden_pull, default IPC),
+    ``p_backdoor`` (backdoor); the ``aware_*`` attackers pick their own from ``strengths``
+    (default :data:`AWARE_STRENGTHS`) and need the clean federation's sets (``clean_result``,
+    a :class:`~fedistill.federated.FedResult`, run here when not given). The result has
+    ``detection_rate`` (malicious clients rejected), ``false_rejection_rate``,
+    ``accuracy_drop``, ``strength``, and for pull attacks ``source_to_target``, for
+    ``backdoor`` ``asr`` and ``clean_target_rate``."""
     if attack not in ATTACKS:
         raise ConfigError(f"unknown attack '{attack}'; choose one of {', '.join(ATTACKS)}")
     if not 0 <= m <= n:
@@ -196,6 +322,8 @@ def run_poisoning(
     bad = sorted(malicious) if malicious is not None else list(range(m))
     if len(bad) != m or any(not 0 <= b < n for b in bad):
         raise ConfigError(f"malicious must list {m} distinct client ids in 0..{n - 1}")
+    if not 0 <= p_backdoor <= 1:
+        raise ConfigError(f"p_backdoor must lie in [0, 1], got {p_backdoor}")
     cfg = eval_cfg or EvalConfig(num_models=1)
     common = dict(
         num_clients=n,
@@ -221,22 +349,81 @@ def run_poisoning(
         "alpha": alpha,
         "seed": seed,
     }
+    base = attack.removeprefix("aware_")
+    pulls = base in ("pull", "hidden_pull")
+    aware = attack in AWARE_ATTACKS
+    if (clean_accuracy is None or aware) and clean_result is None:
+        clean_result = simulate_feddm(train, test, **common)
     if clean_accuracy is None:
-        clean = simulate_feddm(train, test, **common)
-        clean_accuracy = clean.accuracy
-        if attack == "pull":
-            out["clean_source_to_target"] = _rate(clean.model, test, source, target, device)
+        clean_accuracy = clean_result.accuracy
+        if pulls:
+            out["clean_source_to_target"] = _rate(clean_result.model, test, source, target, device)
     data_tamper = label_flip_tamper(bad) if attack == "label_flip" else None
+    trigger = white_trigger(train.info)
+    if attack == "backdoor":
+        bad_set = set(bad)
+
+        def data_tamper(cid: int, part: LabeledImages) -> LabeledImages:
+            if cid not in bad_set:
+                return part
+            return poison(part, trigger, p_backdoor, target, seed=seed + cid)[0]
+
+    pools = None
+    if pulls:
+        parts = client_partitions(train, n, partitioner, alpha, seed)
+        pools = _pull_pools(train, parts, bad, source, ipc, seed)
+        out.update(source=source, target=target)
+    strength: float | None = {
+        "scale": scale,
+        "rotate": k_rotate,
+        "hidden_pull": ipc if hide is None else hide,
+        "backdoor": p_backdoor,
+    }.get(attack)
     set_tamper = None
     if attack in SET_ATTACKS:
-        pools = None
-        if attack == "pull":
-            parts = client_partitions(train, n, partitioner, alpha, seed)
-            pools = _pull_pools(train, parts, bad, source, ipc, seed)
-            out.update(source=source, target=target)
         set_tamper = set_tamper_for(
-            attack, bad, train.info, seed=seed, scale=scale, pull_pools=pools, target=target
+            attack,
+            bad,
+            train.info,
+            seed=seed,
+            scale=scale,
+            pull_pools=pools,
+            target=target,
+            k_rotate=k_rotate,
+            hide=hide,
         )
+    elif aware:
+        filter_fn = _filter(train.info, filter_config, seed, device)
+
+        def make(cid: int, syn: SyntheticSet, level: float) -> SyntheticSet:
+            return malicious_set(
+                base,
+                syn,
+                train.info,
+                seed=seed + cid,
+                scale=float(level),
+                pull_images=(pools or {}).get(cid),
+                target=target,
+                k_rotate=int(level),
+                hide=int(level),
+            )
+
+        honest_sets = {c: s for c, s in clean_result.sets.items() if c not in bad}
+        own = {c: clean_result.sets[c] for c in bad if c in clean_result.sets}
+        strength, crafted = strongest_kept(
+            base,
+            own,
+            honest_sets,
+            train.info,
+            filter_fn=filter_fn,
+            make=make,
+            strengths=strengths,
+        )
+
+        def set_tamper(cid: int, syn: SyntheticSet) -> SyntheticSet:
+            return crafted.get(cid, syn)
+
+    out["strength"] = strength
     result = simulate_feddm(
         train,
         test,
@@ -259,8 +446,11 @@ def run_poisoning(
         seconds=time.perf_counter() - t0,
         eval=asdict(cfg),
     )
-    if attack == "pull":
+    if pulls:
         out["source_to_target"] = _rate(result.model, test, source, target, device)
+    if attack == "backdoor":
+        out["asr"] = attack_success_rate(result.model, test, trigger, target, device)
+        out["clean_target_rate"] = clean_target_rate(result.model, test, target, device)
     log.info(
         "poisoning %s m=%d/%d defended=%s: accuracy %.4f (clean %.4f)",
         attack,

@@ -91,6 +91,16 @@ class FilterConfig:
     )
     range_tolerance: float = 0.5  # in normalised units beyond the [0, 1] pixel range
     min_clients: int = 3
+    # per-class agreement (with cross_score="pairwise"): client i's images claimed as class c
+    # are scored by the judges that know c (median of their per-image hit rates); a class is
+    # disputed when its score is below the median client's score for c by more than
+    # max(class_min_gap, class_z · 1.4826 · MAD); a client with a disputed class is rejected.
+    # Catches partial label rotation and poisoned images hidden in one class.
+    per_class: bool = True
+    class_min_gap: float = 0.4
+    class_z: float = 4.0
+    class_min_judges: int = 2
+    class_min_images: int = 3
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -112,6 +122,8 @@ class ClientScore:
     agreement: float | None = None  # pairwise: its ⌈e/2⌉-th best agreement with others
     judges: int = 0  # pairwise: clients sharing enough classes to score it
     agreeing: int = 0  # pairwise: judges with agreement ≥ the rejection threshold
+    class_scores: dict[int, float] = field(default_factory=dict)  # per-class agreement
+    disputed: list[int] = field(default_factory=list)  # classes whose labels the judges reject
     accuracy: float | None = None  # loo: accuracy on the classes it could be scored on
     expected: float | None = None  # loo: the median clients' accuracy on the same classes
     scored_images: int = 0
@@ -147,6 +159,8 @@ class FilterReport:
                     "scored_images": s.scored_images,
                     "stats": s.stats,
                     "z": s.z,
+                    "class_scores": {str(c): v for c, v in s.class_scores.items()},
+                    "disputed": s.disputed,
                 }
                 for k, s in self.scores.items()
             },
@@ -305,6 +319,8 @@ def _pairwise_test(
                 continue
             pred = predict(models[j], sets[i].images[mask], device).argmax(1)
             acc[(i, j)] = float((pred == labels[i][mask]).double().mean())
+    if cfg.per_class:
+        _per_class_test(sets, info, cfg, scores, models, labels, known, device)
     pair: dict[int, list[float]] = {i: [] for i in ids}
     for i in ids:
         for j in ids:
@@ -330,6 +346,53 @@ def _pairwise_test(
                 f"its labels disagree with the other clients' sets: agrees with {s.agreeing} of "
                 f"the {s.judges} clients that can judge it (median-rank agreement "
                 f"{s.agreement:.2f} < {cfg.agreement_ratio:g} × typical {typical:.2f})"
+            )
+
+
+def _per_class_test(
+    sets, info, cfg: FilterConfig, scores: dict[int, ClientScore], models, labels, known, device
+) -> None:
+    """Per-class agreement (see :class:`FilterConfig`): scores[i].class_scores[c] is the median,
+    over the judges ``j ≠ i`` that know class c, of the fraction of i's class-c images that j
+    classifies as c."""
+    ids = sorted(sets)
+    preds = {
+        (i, j): predict(models[j], sets[i].images, device).argmax(1)
+        for j in ids
+        for i in ids
+        if i != j
+    }
+    for i in ids:
+        for c in labels[i].unique().tolist():
+            mask = labels[i] == c
+            if int(mask.sum()) < cfg.class_min_images:
+                continue
+            votes = [
+                float((preds[(i, j)][mask] == c).double().mean())
+                for j in ids
+                if j != i and bool(known[j][c])
+            ]
+            if len(votes) >= cfg.class_min_judges:
+                scores[i].class_scores[int(c)] = _median(votes)
+    for c in range(info.num_classes):
+        holders = [i for i in ids if c in scores[i].class_scores]
+        if len(holders) < cfg.min_clients:
+            continue
+        values = [scores[i].class_scores[c] for i in holders]
+        med, spread = _robust_scale(values, 0.0)
+        threshold = max(cfg.class_min_gap, cfg.class_z * spread)
+        for i in holders:
+            v = scores[i].class_scores[c]
+            if med - v > threshold:
+                scores[i].disputed.append(c)
+    for i in ids:
+        s = scores[i]
+        if s.disputed:
+            shown = ", ".join(f"{c} ({s.class_scores[c]:.2f})" for c in s.disputed)
+            s.reasons.append(
+                f"the other clients' models disagree with its labels of class(es) {shown}: "
+                f"more than max({cfg.class_min_gap:g}, {cfg.class_z:g}·MAD) below the median "
+                "client's agreement on the same class"
             )
 
 

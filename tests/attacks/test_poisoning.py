@@ -123,3 +123,67 @@ def test_federated_naive_backdoor_by_one_client_of_five(digits_train, digits_tes
         eval_cfg=CFG,
     )
     assert out["asr"] > out["baseline_asr"] + 0.3, out
+
+
+# ------------------------------------------------------------------ adaptive attackers
+
+
+def test_partial_rotation_and_hidden_pull_images_are_what_they_say(digits_train):
+    from attacks.poisoning import hide_pull_images, rotate_labels
+
+    syn = client_distill(digits_train, "random", 10, seed=0)
+    rotated = rotate_labels(syn, 4, seed=0)
+    changed = (rotated.labels != syn.labels).nonzero().flatten()
+    assert len(changed) == 40  # 4 classes × 10 images; the other 6 classes untouched
+    moved = set(syn.labels[changed].tolist())
+    assert len(moved) == 4 and set(rotated.labels[changed].tolist()) == moved
+    assert torch.equal(rotate_labels(syn, 1).labels, syn.labels)
+    ones = digits_train.images[digits_train.labels == 1][:10]
+    hidden = hide_pull_images(syn, ones, target=7, hide=4)
+    assert len(hidden) == len(syn) and (hidden.labels == 7).sum() == 10
+    swapped = (hidden.images != syn.images).flatten(1).any(1)
+    assert int(swapped.sum()) == 4 and (hidden.labels[swapped] == 7).all()
+    check_client_set(hidden, digits_train.info, max_ipc=10)  # inside every format cap
+    check_client_set(rotated, digits_train.info, max_ipc=10)
+
+
+def test_the_filter_aware_attacker_picks_the_strongest_setting_the_rule_keeps(digits_train):
+    from attacks.poisoning import strongest_kept
+
+    syn = client_distill(digits_train, "random", 3, seed=0)
+    seen = []
+
+    def rule(sets):  # a toy filter: reject a mean absolute pixel above 2
+        seen.append(float(sets[0].images.abs().mean()))
+        bad = {k: "too bright" for k, s in sets.items() if float(s.images.abs().mean()) > 2}
+        return [k for k in sets if k not in bad], bad
+
+    def make(cid, s, level):
+        return malicious_set("scale", s, digits_train.info, scale=level)
+
+    base = float(syn.images.abs().mean())
+    strength, crafted = strongest_kept(
+        "scale", {0: syn}, {1: syn}, digits_train.info, filter_fn=rule, make=make
+    )
+    assert strength is not None and strength * base <= 2
+    assert seen[0] > 2  # it tried stronger settings first, and they were rejected
+    assert torch.allclose(crafted[0].images, syn.images * strength)
+    never, honest = strongest_kept(
+        "scale",
+        {0: syn},
+        {},
+        digits_train.info,
+        filter_fn=lambda sets: ([], {0: "no"}),
+        make=make,
+    )
+    assert never is None and honest[0] is syn
+
+
+def test_partial_rotation_hurts_undefended_and_the_per_class_filter_rejects_it(
+    digits_train, digits_test, clean_accuracy
+):
+    kw = dict(attack="rotate", m=1, k_rotate=4, clean_accuracy=clean_accuracy, **FED)
+    defended = run_poisoning(digits_train, digits_test, defended=True, **kw)
+    assert defended["detection_rate"] == 1.0 and defended["strength"] == 4
+    assert defended["false_rejection_rate"] == 0.0, defended["rejected"]
+    assert "class(es)" in defended["rejected"]["0"]

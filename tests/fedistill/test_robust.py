@@ -119,3 +119,38 @@ def test_leave_one_out_variant_rejects_a_flipped_set(iid, digits_train):
     report = score_sets(sets, digits_train.info, config=FilterConfig(cross_score="loo"))
     assert list(report.rejected) == [3]
     assert report.scores[3].accuracy < 0.2 < 0.6 < min(report.scores[i].accuracy for i in (0, 1))
+
+
+# ------------------------------------------------------------------ per-class agreement
+
+
+def _rotated(syn: SyntheticSet, k: int) -> SyntheticSet:
+    from attacks.poisoning import rotate_labels
+
+    return rotate_labels(syn, k, seed=0)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_per_class_agreement_rejects_partial_label_rotation(iid, skewed, digits_train, k):
+    for _, sets in (iid, skewed):
+        attacked = {**sets, 0: _rotated(sets[0], k)}
+        report = score_sets(attacked, digits_train.info)
+        assert 0 in report.rejected, report.to_dict()["scores"]["0"]
+        assert "class(es)" in report.rejected[0]
+        assert report.scores[0].disputed  # at least one rotated class is named
+        assert false_rejection_rate(report.rejected, [1, 2, 3, 4]) == 0.0
+        # positive control: without the per-class test, the old filter misses k = 4 of 10
+        if k == 4 and sets is iid[1]:
+            old = score_sets(attacked, digits_train.info, config=FilterConfig(per_class=False))
+            assert 0 not in old.rejected
+
+
+def test_per_class_agreement_rejects_pull_images_hidden_in_an_honest_set(iid, digits_train):
+    from attacks.poisoning import hide_pull_images
+
+    _, sets = iid
+    ones = digits_train.images[digits_train.labels == 1][:10]
+    attacked = {**sets, 2: hide_pull_images(sets[2], ones, target=7, hide=6)}
+    report = score_sets(attacked, digits_train.info)
+    assert 2 in report.rejected and 7 in report.scores[2].disputed
+    assert report.kept == [0, 1, 3, 4]
