@@ -80,6 +80,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -283,12 +284,14 @@ def distill_psg(
     device: torch.device | str = "cpu",
     progress: bool = False,
     ledger: PrivacyLedger | None = None,
+    record: dict[str, Any] | None = None,
 ) -> SyntheticSet:
     """DP-PSG (Chen et al. 2022): synthetic images from noise, matched to private gradients.
 
     ``ledger``: the client's ledger from its earlier rounds (None in its first round: one is
     planned for ``config.rounds`` rounds). It is spent in place, and its state is recorded in
     the set's ``meta["privacy"]`` (``PrivacyLedger.from_state`` rebuilds it from there).
+    ``record["exposed"]`` is always empty: no real image is ever copied into the set.
     """
     config.validate()
     device = torch.device(device)
@@ -330,7 +333,7 @@ def distill_psg(
     noise_gen = noise_generator(seed, config.secure_noise)  # what protects the data
     if not config.secure_noise:
         log.warning("DP-PSG noise is replayable from the seed: the ε is not a guarantee")
-    images, labels = init_images(real, ipc, "noise", gen)  # noise, always
+    images, labels = init_images(real, ipc, "noise", gen, record)  # noise, always
     image_syn = images.to(device).requires_grad_(True)
     label_syn = labels.to(device)
     groups = [{"params": [image_syn], "lr": config.lr_img, "momentum": config.momentum_img}]

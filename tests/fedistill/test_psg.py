@@ -229,7 +229,9 @@ def test_replayable_noise_is_bit_identical_and_marked(digits_train, monkeypatch)
 
 
 def test_provenance_states_the_neighbouring_relation_and_what_is_public(digits_train):
-    syn = distill("psg", digits_train, 1, seed=0, epsilon=5.0, **SMALL)
+    rec: dict = {}
+    syn = distill("psg", digits_train, 1, seed=0, epsilon=5.0, record=rec, **SMALL)
+    assert rec["exposed"] is not None and len(rec["exposed"]) == 0  # no real image copied
     priv = syn.privacy
     assert "add/remove one" in priv["neighbouring"]
     public = " | ".join(priv["public"])
