@@ -24,9 +24,26 @@ The attack, as in the paper's Algorithm 1, on a candidate pool of N labelled exa
    membership of every candidate is evaluated. The global-threshold attack on φ (identical in
    ranking to the loss and confidence attacks of :mod:`attacks.mia`) is reported beside it.
 
+**Selection-aware member fit.** A distillation pipeline does not touch every member alike:
+``random`` keeps ``ipc`` images per class and drops the rest, real-initialised DM / DC / KIP
+start from ``ipc`` of them. A member that was dropped leaves no trace, so fitting ``μ_in`` on
+every shadow that was *given* a candidate fits mostly "given but unused" — a fit blind to the
+images that leak. With ``member_fit="exposed"`` (the default ``"auto"`` picks it whenever the
+method records exposure, :mod:`attacks.targets`) the IN Gaussian comes from the shadows in
+which the candidate was *exposed*, the OUT one from those not given it; a candidate never
+exposed in a shadow borrows the mean exposed-minus-OUT offset of the others.
+
+**RMIA** (:mod:`attacks.rmia`) is scored from the same models, online and offline.
+
+**Populations and intervals.** Beside the historical per-attack metrics, ``populations``
+reports every attack on ``"all"`` members and on the ``"exposed"`` ones, each AUC and TPR at
+1% / 0.1% FPR with a 95% interval (:func:`attacks.metrics.population_report`) on the target
+alone — independent trials.
+
 With few candidates, the FPR resolution limits what TPR at 0.1% FPR can show; ``leave_one_out``
 also treats every shadow in turn as the target (the others as its shadows) and pools the
-results: more (dependent) trials from the same models, no extra training.
+results: more (dependent) trials from the same models, no extra training. Intervals on pooled
+trials treat them as independent, which they are not (``populations_pooled`` says so).
 """
 
 from __future__ import annotations
@@ -42,8 +59,9 @@ import numpy as np
 import torch
 from scipy.special import log_ndtr
 
-from attacks.metrics import AttackMetrics, plot_roc, summarize
+from attacks.metrics import AttackMetrics, plot_roc, population_report, summarize
 from attacks.mia import model_scores
+from attacks.rmia import rmia_scores
 from attacks.targets import PipelineConfig, TargetModel, build_target, random_half
 from fedistill.data import LabeledImages
 from fedistill.errors import ConfigError
@@ -53,7 +71,8 @@ from fedistill.progress import progress_bar
 log = logging.getLogger(__name__)
 
 FIXED_VARIANCE_BELOW = 64  # the paper: per-example variances need many shadows
-ATTACKS = ("loss", "lira_online", "lira_offline")
+ATTACKS = ("loss", "lira_online", "lira_offline", "rmia", "rmia_offline")
+MEMBER_FITS = ("auto", "exposed", "members")
 
 
 @dataclass
@@ -63,12 +82,20 @@ class LiRAConfig:
     flip: bool | None = None  # None: the dataset's own flip rule (never for digits)
     fix_variance: bool | None = None  # None: pooled variance when num_shadows < 64
     leave_one_out: bool = True  # also pool every model-as-target (more trials at low FPR)
+    member_fit: str = "auto"  # IN fit from shadows where x was "exposed" / given ("members")
+    rmia_a: float = 0.3  # RMIA offline: Pr(x) = ((1 + a) Pr_OUT(x) + 1 − a) / 2
+    rmia_gamma: float = 2.0  # RMIA: x beats z when LR(x) / LR(z) > γ
+    n_boot: int = 1000  # bootstrap replicates for the populations' intervals
 
     def validate(self) -> None:
         if self.num_shadows < 2:
             raise ConfigError("LiRA needs at least 2 shadow pipelines (one IN, one OUT)")
         if self.shift < 0:
             raise ConfigError("shift must be ≥ 0")
+        if self.member_fit not in MEMBER_FITS:
+            raise ConfigError(f"member_fit must be one of {MEMBER_FITS}, got {self.member_fit!r}")
+        if not 0.0 <= self.rmia_a <= 1.0 or self.rmia_gamma < 1.0:
+            raise ConfigError("RMIA needs 0 ≤ rmia_a ≤ 1 and rmia_gamma ≥ 1")
 
     @property
     def fixed(self) -> bool:
@@ -124,15 +151,30 @@ def _fit_side(scores: np.ndarray, mask: np.ndarray, fixed: bool):
     return mu, sd, count
 
 
-def fit_gaussians(shadow_scores: np.ndarray, shadow_keep: np.ndarray, fixed: bool) -> GaussianFit:
+def fit_gaussians(
+    shadow_scores: np.ndarray,
+    shadow_keep: np.ndarray,
+    fixed: bool,
+    shadow_in: np.ndarray | None = None,
+) -> GaussianFit:
     """Fit IN and OUT Gaussians from shadows' φ (K×N×Q) and membership (K×N).
 
-    A candidate with no IN (or OUT) shadow borrows the mean IN−OUT offset of the others.
+    ``shadow_in`` (K×N, optional) narrows the IN side, e.g. to the shadows in which the
+    candidate was exposed; OUT is always "not given" (``~shadow_keep``). A candidate with no
+    IN (or OUT) shadow borrows the mean IN−OUT offset of the others.
     """
     if shadow_scores.ndim != 3 or shadow_keep.shape != shadow_scores.shape[:2]:
         raise ValueError("shadow scores must be K×N×Q and keep K×N")
-    mu_in, sd_in, n_in = _fit_side(shadow_scores, shadow_keep, fixed)
+    in_mask = shadow_keep if shadow_in is None else shadow_in & shadow_keep
+    mu_in, sd_in, n_in = _fit_side(shadow_scores, in_mask, fixed)
     mu_out, sd_out, n_out = _fit_side(shadow_scores, ~shadow_keep, fixed)
+    if shadow_in is not None:  # given to every shadow, exposed by none: the member fit
+        lost = (n_in == 0) & (n_out == 0)
+        if lost.any():
+            mu_m, sd_m, n_m = _fit_side(shadow_scores, shadow_keep, fixed)
+            mu_in = np.where(lost[:, None], mu_m, mu_in)
+            sd_in = np.where(lost[:, None], sd_m, sd_in)
+            n_in = np.where(lost, n_m, n_in)
     both = (n_in > 0) & (n_out > 0)
     gap = np.nanmean((mu_in - mu_out)[both], axis=0) if both.any() else np.zeros(mu_in.shape[1])
     mu_in = np.where((n_in == 0)[:, None], mu_out + gap, mu_in)
@@ -165,14 +207,29 @@ def loss_from_logit(target_scores: np.ndarray) -> np.ndarray:
 
 
 def attack_scores(
-    shadow_scores: np.ndarray, shadow_keep: np.ndarray, target_scores: np.ndarray, fixed: bool
+    shadow_scores: np.ndarray,
+    shadow_keep: np.ndarray,
+    target_scores: np.ndarray,
+    fixed: bool,
+    *,
+    shadow_exposed: np.ndarray | None = None,
+    rmia_a: float = 0.3,
+    rmia_gamma: float = 2.0,
 ) -> dict[str, np.ndarray]:
-    """Membership scores of every attack for one target, from its φ (N×Q) and the shadows'."""
-    fit = fit_gaussians(shadow_scores, shadow_keep, fixed)
+    """Membership scores of every attack for one target, from its φ (N×Q) and the shadows'.
+
+    ``shadow_exposed`` (K×N): fit LiRA's IN side on the shadows that exposed the candidate
+    (selection-aware); None: on every shadow given it."""
+    fit = fit_gaussians(shadow_scores, shadow_keep, fixed, shadow_exposed)
+    rmia = {"a": rmia_a, "gamma": rmia_gamma}
     return {
         "loss": loss_from_logit(target_scores),
         "lira_online": lira_online(fit, target_scores),
         "lira_offline": lira_offline(fit, target_scores),
+        "rmia": rmia_scores(target_scores, shadow_scores, shadow_keep, **rmia),
+        "rmia_offline": rmia_scores(
+            target_scores, shadow_scores, shadow_keep, offline=True, **rmia
+        ),
     }
 
 
@@ -191,6 +248,12 @@ class LiRAResult:
     metrics: dict[str, AttackMetrics]  # the target alone
     pooled: dict[str, AttackMetrics] = field(default_factory=dict)  # every model as target
     shadow_budgets: list[dict[str, Any]] = field(default_factory=list)
+    exposed: np.ndarray | None = None  # the target's exposed members (mask over the pool)
+    member_fit: str = "members"  # what LiRA's IN side was fitted on
+    populations: dict[str, dict[str, Any]] = field(default_factory=dict)  # target alone
+    populations_pooled: dict[str, dict[str, Any]] = field(default_factory=dict)
+    exposed_metrics: dict[str, AttackMetrics] = field(default_factory=dict)  # for ROC plots
+    pooled_exposed: dict[str, AttackMetrics] = field(default_factory=dict)
 
     def to_dict(self, roc_points: int = 200) -> dict[str, Any]:
         return {
@@ -205,6 +268,10 @@ class LiRAResult:
             },
             "attacks": {k: m.to_dict(roc_points) for k, m in self.metrics.items()},
             "pooled": {k: m.to_dict(roc_points) for k, m in self.pooled.items()},
+            "member_fit": self.member_fit,
+            "exposed": None if self.exposed is None else int(self.exposed.sum()),
+            "populations": self.populations,
+            "populations_pooled": self.populations_pooled,
         }
 
 
@@ -259,23 +326,74 @@ def run_lira(
     keep = np.vstack([target_keep, balanced_keep(lira.num_shadows, n, rng)])
     phi, runs = score_models(pool, cfg, keep, lira, seed=seed, device=device, progress=progress)
     fixed = lira.fixed
+    recorded = all(r.exposed is not None for r in runs)
+    exposed = np.stack([r.exposed_mask for r in runs]) if recorded else None
+    selection_aware = lira.member_fit == "exposed" or (
+        lira.member_fit == "auto" and exposed is not None and bool(exposed[1:].any())
+    )
+    if selection_aware and exposed is None:
+        raise ConfigError(f"member_fit='exposed': method '{cfg.method}' records no exposure")
+    opts = {"rmia_a": lira.rmia_a, "rmia_gamma": lira.rmia_gamma}
 
-    scores = attack_scores(phi[1:], keep[1:], phi[0], fixed)
+    def scores_for(t: int, others: np.ndarray) -> dict[str, np.ndarray]:
+        exp = exposed[others] if selection_aware and exposed is not None else None
+        return attack_scores(phi[others], keep[others], phi[t], fixed, shadow_exposed=exp, **opts)
+
+    scores = scores_for(0, np.arange(1, len(keep)))
     metrics = {k: summarize(s, keep[0]) for k, s in scores.items()}
+    target_exposed = None if exposed is None else exposed[0]
+    populations = {
+        k: population_report(s, keep[0], target_exposed, n_boot=lira.n_boot)
+        for k, s in scores.items()
+    }
+    exposed_metrics = _exposed_metrics(scores, keep[0], target_exposed)
     pooled: dict[str, AttackMetrics] = {}
+    pooled_exposed: dict[str, AttackMetrics] = {}
+    populations_pooled: dict[str, dict[str, Any]] = {}
     if lira.leave_one_out:
         per: dict[str, list[np.ndarray]] = {k: [] for k in scores}
         for t in range(len(keep)):
-            others = np.r_[0:t, t + 1 : len(keep)]
-            for k, s in attack_scores(phi[others], keep[others], phi[t], fixed).items():
+            for k, s in scores_for(t, np.r_[0:t, t + 1 : len(keep)]).items():
                 per[k].append(s)
         truth = keep.ravel()
         pooled = {k: summarize(np.concatenate(v), truth) for k, v in per.items()}
+        flat_exposed = None if exposed is None else exposed.ravel()
+        pooled_exposed = _exposed_metrics(
+            {k: np.concatenate(v) for k, v in per.items()}, truth, flat_exposed
+        )
+        for k, v in per.items():
+            rep = population_report(np.concatenate(v), truth, flat_exposed, n_boot=lira.n_boot)
+            for cell in rep.values():
+                cell["independent"] = False  # leave-one-out trials share models
+            populations_pooled[k] = rep
     for k, m in metrics.items():
         log.info("%s %s: AUC %.3f, TPR@1%%FPR %.3f", cfg.label, k, m.auc, m.tpr_at_fpr[0.01])
     return LiRAResult(
-        cfg, lira, runs[0], keep[0], scores, metrics, pooled, [r.budget for r in runs[1:]]
+        cfg,
+        lira,
+        runs[0],
+        keep[0],
+        scores,
+        metrics,
+        pooled,
+        [r.budget for r in runs[1:]],
+        exposed=target_exposed,
+        member_fit="exposed" if selection_aware else "members",
+        populations=populations,
+        populations_pooled=populations_pooled,
+        exposed_metrics=exposed_metrics,
+        pooled_exposed=pooled_exposed,
     )
+
+
+def _exposed_metrics(
+    scores: dict[str, np.ndarray], is_member: np.ndarray, exposed: np.ndarray | None
+) -> dict[str, AttackMetrics]:
+    """Per attack: exposed members against the non-members (empty when none are exposed)."""
+    if exposed is None or not exposed.any() or exposed.sum() == is_member.sum():
+        return {}
+    keep = exposed | ~is_member
+    return {k: summarize(s[keep], exposed[keep]) for k, s in scores.items()}
 
 
 def run_mia(
@@ -297,7 +415,16 @@ def run_mia(
     Returns a JSON-ready dict: ``attacks[name]`` (target only) and ``pooled[name]`` (every
     model as target) with ``auc``, ``balanced_accuracy``, ``tpr@1%fpr``, ``tpr@0.1%fpr`` (and
     whether each FPR is resolved), ``fpr_resolution`` and thinned ``roc``; the target's budget,
-    member/non-member counts and (with ``test``) its test accuracy; the plot path if drawn.
+    member/non-member counts and (with ``test``) its test accuracy; the plot path if drawn
+    (every attack on all members, and on the exposed ones where they differ).
+
+    The two populations with intervals: ``populations[name]["all" | "exposed"]`` on the
+    target alone (independent trials) and ``populations_pooled[...]`` on the leave-one-out
+    pool (``"independent": False``), each a :func:`attacks.metrics.metrics_dict` cell —
+    ``auc``, ``tpr_at_fpr`` (``"0.01"``, ``"0.001"``), ``ci95``, ``tpr_at_fpr_text``
+    (``"< x"`` below the FPR resolution), ``fpr_resolution``, ``n_in``, ``n_out``. ``name``
+    runs over ``loss``, ``lira_online``, ``lira_offline``, ``rmia``, ``rmia_offline``;
+    ``member_fit`` says whether LiRA's IN side was fitted on exposed shadows.
     """
     rng = np.random.default_rng(seed + 1)
     if pool_size is not None and pool_size < len(train):
@@ -311,7 +438,11 @@ def run_mia(
     if test is not None:
         out["target"]["test_accuracy"] = accuracy(res.target.model, test, device)
     if plot is not None:
-        curves = {f"{k}": m for k, m in (res.pooled or res.metrics).items()}
+        curves: dict[str, AttackMetrics] = {
+            f"{k}": m for k, m in (res.pooled or res.metrics).items()
+        }
+        exposed = res.pooled_exposed if res.pooled else res.exposed_metrics
+        curves |= {f"{k} · exposed": m for k, m in exposed.items()}
         out["plot"] = str(
             plot_roc(
                 curves,

@@ -259,9 +259,8 @@ def _tpr_at_fpr_sorted(s_in: np.ndarray, out_desc: np.ndarray, target: float) ->
 
 def _auc_rows(s_in: np.ndarray, s_out: np.ndarray) -> np.ndarray:
     """Mann–Whitney AUC of every row pair (ties count one half)."""
-    out_sorted = np.sort(s_out, axis=1)
     rows = []
-    for a, o in zip(s_in, out_sorted, strict=True):
+    for a, o in zip(s_in, np.sort(s_out, axis=1), strict=True):
         below = np.searchsorted(o, a, side="left")
         upto = np.searchsorted(o, a, side="right")
         rows.append((below + 0.5 * (upto - below)).sum() / (len(a) * len(o)))
@@ -292,14 +291,21 @@ def intervals(
     s_in, s_out = s[y], s[~y]
     rng = np.random.default_rng(seed)
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
-    bi = s_in[rng.integers(0, len(s_in), (n_boot, len(s_in)))]
-    bo = s_out[rng.integers(0, len(s_out), (n_boot, len(s_out)))]
-    bo_desc = -np.sort(-bo, axis=1)
-    a_lo, a_hi = np.percentile(_auc_rows(bi, bo), q)
+    aucs: list[np.ndarray] = []
+    boot_tprs: dict[float, list[np.ndarray]] = {f: [] for f in fprs}
+    chunk = max(1, 2_000_000 // (len(s_in) + len(s_out)))  # bounded memory for big pools
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        bi = s_in[rng.integers(0, len(s_in), (b, len(s_in)))]
+        bo_desc = -np.sort(-s_out[rng.integers(0, len(s_out), (b, len(s_out)))], axis=1)
+        aucs.append(_auc_rows(bi, bo_desc[:, ::-1]))
+        for f in fprs:
+            boot_tprs[f].append(_tpr_at_fpr_sorted(bi, bo_desc, f))
+    a_lo, a_hi = np.percentile(np.concatenate(aucs), q)
     out_desc = -np.sort(-s_out)[None]
     tprs, counts = {}, {}
     for f in fprs:
-        lo, hi = np.percentile(_tpr_at_fpr_sorted(bi, bo_desc, f), q)
+        lo, hi = np.percentile(np.concatenate(boot_tprs[f]), q)
         k = round(float(_tpr_at_fpr_sorted(s_in[None], out_desc, f)[0]) * len(s_in))
         c_lo, c_hi = clopper_pearson(k, len(s_in), level)
         tprs[f] = (float(min(lo, c_lo)), float(max(hi, c_hi)))
