@@ -238,3 +238,52 @@ def build_target(
 def random_half(n: int, rng: np.random.Generator) -> np.ndarray:
     """A uniformly random half (⌊n/2⌋) of ``range(n)``, sorted."""
     return np.sort(rng.permutation(n)[: n // 2])
+
+
+def attacked_utility(
+    target: TargetModel,
+    test: LabeledImages,
+    *,
+    full_data: LabeledImages | None = None,
+    full_accuracy: float | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """The utility of the pipeline the attack targeted, beside the full-data figure.
+
+    A privacy table must show what the attacked sets are worth: the target model (trained on
+    the set distilled from the target's own members) on ``test``. Beside it the same pipeline
+    on ``full_data`` (trained here), or a ``full_accuracy`` measured elsewhere — the figure a
+    utility table usually quotes. Returns ``{"attacked": {"accuracy", "source_examples",
+    "train_examples"}, "full_data": {"accuracy", "source_examples"} | None, "gap"}``.
+    """
+    from fedistill.evaluate import accuracy
+
+    if target.model is None:
+        raise ConfigError("the target's model was not kept; cannot measure its utility")
+    out: dict[str, Any] = {
+        "attacked": {
+            "accuracy": accuracy(target.model, test, device),
+            "source_examples": target.budget["source_examples"],
+            "train_examples": target.budget["train_examples"],
+        },
+        "full_data": None,
+        "gap": None,
+    }
+    if full_data is not None and full_accuracy is None:
+        model, _, budget = train_pipeline(target.config, full_data, seed=seed, device=device)
+        out["full_data"] = {
+            "accuracy": accuracy(model, test, device),
+            "source_examples": budget["source_examples"],
+        }
+    elif full_accuracy is not None:
+        out["full_data"] = {"accuracy": float(full_accuracy), "source_examples": None}
+    if out["full_data"] is not None:
+        out["gap"] = out["full_data"]["accuracy"] - out["attacked"]["accuracy"]
+    log.info(
+        "%s: attacked pipeline %.3f%s",
+        target.config.label,
+        out["attacked"]["accuracy"],
+        "" if out["full_data"] is None else f" (full data {out['full_data']['accuracy']:.3f})",
+    )
+    return out

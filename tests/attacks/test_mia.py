@@ -117,3 +117,20 @@ def test_loss_attack_is_chance_on_a_model_that_never_saw_the_pools(digits_train,
     res = threshold_attack(model, data.subset(rest[:half]), data.subset(rest[half:]), "loss")
     assert abs(res.metrics.auc - 0.5) < 0.05
     assert res.metrics.n_in >= 800 and res.metrics.n_out >= 800
+
+
+def test_attacked_utility_is_measured_on_the_attacked_sets(digits_train, digits_test):
+    """The accuracy of the target itself (random IPC 1 from its 200 members), beside the same
+    pipeline on all 1,257 training images or a figure measured elsewhere."""
+    from attacks.targets import attacked_utility
+
+    pool = digits_train.subset(np.arange(400))
+    cfg = PipelineConfig(method="random", ipc=1, model="mlp", epochs=30, dsa=False)
+    t = build_target(cfg, pool, np.arange(0, 400, 2), seed=0)
+    out = attacked_utility(t, digits_test, full_accuracy=0.97)
+    assert out["attacked"]["source_examples"] == 200 and out["attacked"]["train_examples"] == 10
+    assert 0.2 < out["attacked"]["accuracy"] < 0.9
+    assert out["gap"] == pytest.approx(0.97 - out["attacked"]["accuracy"])
+    full = attacked_utility(t, digits_test, full_data=digits_train)
+    assert full["full_data"]["source_examples"] == len(digits_train)
+    assert attacked_utility(t, digits_test)["full_data"] is None
