@@ -385,3 +385,23 @@ def ledger_of(privacy: dict | None) -> PrivacyLedger | None:
     if not privacy or "planned_steps" not in privacy or "history" not in privacy:
         return None
     return PrivacyLedger.from_state(privacy)
+
+
+def privacy_summary(privacy: dict | None) -> str:
+    """One line for the CLI and results: the ε spent, δ, budget and steps, and whether it is a
+    guarantee — a set whose noise is replayable from its seed says so in capitals."""
+    if not privacy or privacy.get("epsilon") is None:
+        return ""
+    eps = privacy["epsilon"]
+    text = f"ε = {eps:.3g}" if math.isfinite(eps) else "ε = ∞ (no noise)"
+    if privacy.get("delta") is not None:
+        text += f" (δ = {privacy['delta']:g}"
+        if privacy.get("budget") is not None and privacy.get("planned_steps"):
+            text += (
+                f"; budget {privacy['budget']:g} over {privacy['planned_steps']} steps, "
+                f"{privacy.get('steps', 0)} spent"
+            )
+        text += ")"
+    if privacy.get("noise") == "replayable" or privacy.get("guarantee") is False:
+        text += " — NOT A GUARANTEE: noise replayable from the seed (secure_noise=False)"
+    return text

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
+import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from fedistill.errors import ConfigError, PrivacyBudgetExceeded
@@ -13,6 +15,12 @@ from fedistill.privacy import (
     PrivacyLedger,
     calibrate_noise,
     check_budget,
+    gaussian_noise,
+    history_epsilon,
+    ledger_of,
+    noise_generator,
+    privacy_summary,
+    secure_generator,
     spent_epsilon,
 )
 
@@ -95,3 +103,47 @@ def test_bad_arguments_are_config_errors(kwargs):
     args = {"sample_rate": Q, "steps": 10, "delta": DELTA, "accountant": "rdp"} | kwargs
     with pytest.raises(ConfigError):
         spent_epsilon(1.0, **args)
+
+
+def test_ledger_composes_a_history_and_round_trips_its_state():
+    ledger = PrivacyLedger(3.0, DELTA, Q, planned_steps=20)
+    ledger.reserve(10)
+    for _ in range(10):
+        ledger.spend()
+    back = PrivacyLedger.from_state(json.loads(json.dumps(ledger.state())))
+    assert back.history == ledger.history == [(ledger.noise_multiplier, Q, 10)]
+    assert back.epsilon_spent() == ledger.epsilon_spent() < 3.0
+    back.reserve(10)
+    with pytest.raises(PrivacyBudgetExceeded, match="20 private steps, 10 are spent"):
+        back.reserve(11)
+    # a history of different mechanisms composes as Opacus's accountant does
+    acc = RDPAccountant()
+    for sigma, q, n in [(1.0, 0.01, 5), (2.0, 0.02, 7)]:
+        for _ in range(n):
+            acc.step(noise_multiplier=sigma, sample_rate=q)
+    want = acc.get_epsilon(delta=DELTA)
+    assert history_epsilon([(1.0, 0.01, 5), (2.0, 0.02, 7)], DELTA) == pytest.approx(want)
+    assert history_epsilon([], DELTA) == 0.0
+    assert history_epsilon([(0.0, 0.01, 1)], DELTA) == math.inf
+    facts = ledger.facts(clip=1.0, noise="secure").to_dict()
+    assert ledger_of(facts).history == ledger.history and ledger_of({"epsilon": 1.0}) is None
+
+
+def test_secure_generators_are_unrecorded_and_replayable_ones_are_not():
+    a, b = secure_generator(), secure_generator()
+    assert not torch.equal(torch.randn(8, generator=a), torch.randn(8, generator=b))
+    r1, r2 = noise_generator(5, secure=False), noise_generator(5, secure=False)
+    assert torch.equal(torch.randn(8, generator=r1), torch.randn(8, generator=r2))
+    public = torch.Generator().manual_seed(5)  # not the seed's own stream either
+    assert not torch.equal(torch.randn(8, generator=noise_generator(5, False)),
+                           torch.randn(8, generator=public))  # fmt: skip
+    x = gaussian_noise((200_000,), 0.7, noise_generator(1, False))
+    assert float(x.std()) == pytest.approx(0.7, rel=0.01) and abs(float(x.mean())) < 0.01
+
+
+def test_privacy_summary_marks_replayable_noise():
+    base = {"epsilon": 0.99, "delta": 1e-5, "budget": 1.0, "planned_steps": 400, "steps": 400}
+    assert privacy_summary(base | {"noise": "secure"}).startswith("ε = 0.99 (δ = 1e-05; budget 1")
+    assert "NOT A GUARANTEE" not in privacy_summary(base | {"noise": "secure"})
+    assert "NOT A GUARANTEE" in privacy_summary(base | {"noise": "replayable"})
+    assert privacy_summary(None) == "" and "∞" in privacy_summary({"epsilon": math.inf})
