@@ -36,6 +36,7 @@ members and the ``"exposed"`` members the method recorded, against the same non-
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ class SetMIAConfig:
     embed_seed: int = 0  # its initialisation: fixed, so every set is measured the same way
     same_class: bool = True  # nearest synthetic image of the candidate's own class
     num_shadows: int = 0  # 0: uncalibrated −distance; else shadow pipelines (distil only)
+    num_targets: int = 1  # independent target sets; their trials are pooled
     n_boot: int = 1000  # bootstrap replicates for the intervals
     memorisation_percentile: float = 1.0  # d* = this percentile of within-class NN distances
 
@@ -75,6 +77,8 @@ class SetMIAConfig:
             raise ConfigError(f"distances must be among {DISTANCES}, got {self.distances}")
         if self.num_shadows < 0 or self.num_shadows == 1:
             raise ConfigError("num_shadows must be 0 (no calibration) or ≥ 2")
+        if self.num_targets < 1:
+            raise ConfigError("num_targets must be ≥ 1")
         if not 0 < self.memorisation_percentile < 100:
             raise ConfigError("memorisation_percentile must lie in (0, 100)")
 
@@ -196,6 +200,33 @@ def calibrate(target_d: np.ndarray, shadow_d: np.ndarray, shadow_in: np.ndarray)
     return np.log(np.maximum(mu, floor)) - np.log(np.maximum(target_d, floor))
 
 
+def set_scores(
+    syn: SyntheticSet,
+    candidates: LabeledImages,
+    config: SetMIAConfig | None = None,
+    *,
+    shadow_sets: list[SyntheticSet] | None = None,
+    shadow_in: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Per distance, every candidate's membership score against ``syn`` (higher: member):
+    ``−d``, or calibrated on ``shadow_sets`` (``shadow_in``, K×N: who each was given)."""
+    config = config or SetMIAConfig()
+    if shadow_sets is not None and (
+        shadow_in is None or shadow_in.shape != (len(shadow_sets), len(candidates))
+    ):
+        raise ValueError("shadow_in must be K×N beside K shadow sets")
+    kw = {"width": config.embed_width, "seed": config.embed_seed, "same_class": config.same_class}
+    out = {}
+    for kind in config.distances:
+        d = set_distances(syn, candidates, kind, **kw)
+        if shadow_sets is None:
+            out[kind] = -d
+        else:
+            sd = np.stack([set_distances(s, candidates, kind, **kw) for s in shadow_sets])
+            out[kind] = calibrate(d, sd, shadow_in)
+    return out
+
+
 def set_attack(
     syn: SyntheticSet,
     candidates: LabeledImages,
@@ -215,22 +246,9 @@ def set_attack(
     """
     config = config or SetMIAConfig()
     config.validate()
-    out: dict[str, Any] = {"calibrated": shadow_sets is not None, "scores": {}}
-    for kind in config.distances:
-        kw = {
-            "width": config.embed_width,
-            "seed": config.embed_seed,
-            "same_class": config.same_class,
-        }
-        d = set_distances(syn, candidates, kind, **kw)
-        if shadow_sets is not None:
-            if shadow_in is None or shadow_in.shape != (len(shadow_sets), len(candidates)):
-                raise ValueError("shadow_in must be K×N beside K shadow sets")
-            sd = np.stack([set_distances(s, candidates, kind, **kw) for s in shadow_sets])
-            score = calibrate(d, sd, shadow_in)
-        else:
-            score = -d
-        out["scores"][kind] = score
+    scores = set_scores(syn, candidates, config, shadow_sets=shadow_sets, shadow_in=shadow_in)
+    out: dict[str, Any] = {"calibrated": shadow_sets is not None, "scores": scores}
+    for kind, score in scores.items():
         out[kind] = population_report(score, is_member, exposed, n_boot=config.n_boot)
     return out
 
@@ -253,37 +271,35 @@ def run_set_mia(
     cfg: PipelineConfig,
     config: SetMIAConfig | None = None,
     *,
+    pool_size: int | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
     memorisation_png: str | Path | None = None,
 ) -> dict[str, Any]:
-    """The server's view against one pipeline, on ``pool``: distil a random half (the
-    target's members; only the distillation runs, no model is trained), attack the set,
-    and report memorisation. With ``config.num_shadows`` shadow pipelines (each on a balanced
-    half) the scores are calibrated.
+    """The server's view against one pipeline. The candidates are ``pool`` (or a random
+    ``pool_size`` subset of it, drawn as :func:`attacks.lira.run_mia` draws its pool). Each of
+    ``config.num_targets`` independent targets distils its own random half of the candidates
+    (only the distillation runs, no model is trained); every candidate is scored against each
+    target set and the trials of all targets are pooled (independent pipelines). With
+    ``config.num_shadows`` shadow pipelines (each on a balanced half) the scores are
+    calibrated. The memorisation report is the first target's.
 
-    Returns a JSON-ready dict: ``{"pipeline", "pool_size", "members", "exposed",
-    "calibrated", "attacks": {distance: {"all": cell, "exposed": cell}}, "memorisation",
-    "seconds"}`` — a cell has ``auc``, ``tpr_at_fpr`` (``"0.01"``, ``"0.001"``), ``ci95``,
-    ``tpr_at_fpr_text``, ``fpr_resolution``, ``n_in``, ``n_out``.
+    Returns a JSON-ready dict: ``{"pipeline", "pool_size", "num_targets", "members",
+    "exposed", "calibrated", "num_shadows", "attacks": {distance: {"all": cell, "exposed":
+    cell}}, "memorisation", "seconds"}`` — a cell has ``auc``, ``tpr_at_fpr`` (``"0.01"``,
+    ``"0.001"``), ``ci95``, ``tpr_at_fpr_text``, ``fpr_resolution``, ``n_in``, ``n_out``;
+    ``members``/``exposed`` are totals over targets.
     """
-    import time
-
     config = config or SetMIAConfig()
     config.validate()
     if cfg.method == "real":
         raise ConfigError("the set-level attack needs a distillation method, not 'real'")
     t0 = time.perf_counter()
+    if pool_size is not None and pool_size < len(pool):
+        pick = np.random.default_rng(seed + 1).choice(len(pool), pool_size, replace=False)
+        pool = pool.subset(np.sort(pick))
     rng = np.random.default_rng(seed)
     n = len(pool)
-    members = random_half(n, rng)
-    syn, local = _distil(cfg, pool.subset(members), seed * 100_003, device)
-    is_member = np.zeros(n, bool)
-    is_member[members] = True
-    exposed = None
-    if local is not None:
-        exposed = np.zeros(n, bool)
-        exposed[members[np.asarray(local, dtype=np.int64)]] = True
     shadow_sets, keep = None, None
     if config.num_shadows:
         keep = balanced_keep(config.num_shadows, n, rng)
@@ -291,21 +307,46 @@ def run_set_mia(
             _distil(cfg, pool.subset(np.nonzero(k)[0]), seed * 100_003 + 1 + i, device)[0]
             for i, k in enumerate(keep)
         ]
-    res = set_attack(syn, pool, is_member, exposed, config, shadow_sets=shadow_sets, shadow_in=keep)
-    mem = memorisation_report(
-        syn,
-        pool.subset(members),
-        percentile=config.memorisation_percentile,
-        png=memorisation_png,
-    )
+    scores: dict[str, list[np.ndarray]] = {k: [] for k in config.distances}
+    member_masks, exposed_masks = [], []
+    recorded = True
+    mem: dict[str, Any] = {}
+    for t in range(config.num_targets):
+        members = random_half(n, rng)
+        syn, local = _distil(cfg, pool.subset(members), seed * 100_003 + 50_000 + t, device)
+        is_member = np.zeros(n, bool)
+        is_member[members] = True
+        exposed = np.zeros(n, bool)
+        if local is None:
+            recorded = False
+        else:
+            exposed[members[np.asarray(local, dtype=np.int64)]] = True
+        for k, v in set_scores(syn, pool, config, shadow_sets=shadow_sets, shadow_in=keep).items():
+            scores[k].append(v)
+        member_masks.append(is_member)
+        exposed_masks.append(exposed)
+        if t == 0:
+            mem = memorisation_report(
+                syn,
+                pool.subset(members),
+                percentile=config.memorisation_percentile,
+                png=memorisation_png,
+            )
+    truth = np.concatenate(member_masks)
+    exp = np.concatenate(exposed_masks) if recorded else None
+    attacks = {
+        k: population_report(np.concatenate(v), truth, exp, n_boot=config.n_boot)
+        for k, v in scores.items()
+    }
     return {
         "pipeline": cfg.to_dict(),
         "pool_size": n,
-        "members": int(is_member.sum()),
-        "exposed": None if exposed is None else int(exposed.sum()),
-        "calibrated": res["calibrated"],
+        "num_targets": config.num_targets,
+        "members": int(truth.sum()),
+        "exposed": None if exp is None else int(exp.sum()),
+        "calibrated": shadow_sets is not None,
         "num_shadows": config.num_shadows,
-        "attacks": {k: res[k] for k in config.distances},
+        "attacks": attacks,
         "memorisation": mem,
         "seconds": time.perf_counter() - t0,
     }

@@ -51,8 +51,9 @@ def test_random_ipc10_set_gives_away_every_exposed_member(pool, tmp_path):
         exp, all_ = (res["attacks"][distance][p] for p in ("exposed", "all"))
         assert exp["tpr_at_fpr"]["0.01"] >= 0.9 and exp["tpr_at_fpr"]["0.001"] >= 0.9
         assert exp["n_in"] == 100 and exp["n_out"] == 500 and exp["fpr_resolution"] == 0.002
-        # over all 500 members, at FPR 0 the attack finds the 100 copies and nothing else
-        assert all_["tpr_at_fpr"]["0.001"] == pytest.approx(0.2)
+        # over all 500 members, at FPR 0 the attack finds the 100 copies (and the rare member
+        # that is a pixel-exact duplicate of one: digits has a few)
+        assert 0.2 <= all_["tpr_at_fpr"]["0.001"] <= 0.21
         assert 0.2 <= all_["tpr_at_fpr"]["0.01"] < 0.25
         assert exp["ci95"]["tpr_at_fpr"]["0.01"][0] > 0.9  # Clopper–Pearson for 100 of 100
     mem = res["memorisation"]
@@ -87,14 +88,18 @@ def test_dm_noise_init_set_reveals_almost_no_member(pool):
     assert res["memorisation"]["share_within"] == 0.0
 
 
-def test_shadow_calibration_keeps_the_copies_on_top(pool):
+def test_shadow_calibration_and_independent_targets_keep_the_copies_on_top(pool):
     res = run_set_mia(
-        pool.subset(np.arange(300)),
+        pool,
         PipelineConfig(method="random", ipc=5),
-        SetMIAConfig(distances=("l2",), num_shadows=2, n_boot=100),
+        SetMIAConfig(distances=("l2",), num_shadows=2, num_targets=3, n_boot=100),
+        pool_size=300,
     )
     assert res["calibrated"] and res["num_shadows"] == 2
-    assert _exposed_tpr(res, "l2") == 1.0
+    assert res["pool_size"] == 300 and res["num_targets"] == 3
+    assert res["members"] == 3 * 150 and res["exposed"] == 3 * 50  # trials of 3 targets
+    cell = res["attacks"]["l2"]["exposed"]
+    assert cell["n_out"] == 3 * 150 and cell["tpr_at_fpr"]["0.001"] == 1.0
 
 
 def test_unshift_undoes_a_planted_per_class_shift(digits_train):
@@ -135,5 +140,7 @@ def test_set_attack_and_config_checks(digits_train):
         SetMIAConfig(distances=("ssim",)).validate()
     with pytest.raises(ConfigError):
         SetMIAConfig(num_shadows=1).validate()
+    with pytest.raises(ConfigError):
+        SetMIAConfig(num_targets=0).validate()
     with pytest.raises(ConfigError, match="real"):
         run_set_mia(data, PipelineConfig(method="real"))
