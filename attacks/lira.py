@@ -38,7 +38,8 @@ exposed in a shadow borrows the mean exposed-minus-OUT offset of the others.
 **Populations and intervals.** Beside the historical per-attack metrics, ``populations``
 reports every attack on ``"all"`` members and on the ``"exposed"`` ones, each AUC and TPR at
 1% / 0.1% FPR with a 95% interval (:func:`attacks.metrics.population_report`) on the target
-alone — independent trials.
+alone, or on ``num_targets`` independent targets attacked with the same shadows — independent
+trials.
 
 With few candidates, the FPR resolution limits what TPR at 0.1% FPR can show; ``leave_one_out``
 also treats every shadow in turn as the target (the others as its shadows) and pools the
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,12 +88,15 @@ class LiRAConfig:
     rmia_a: float = 0.3  # RMIA offline: Pr(x) = ((1 + a) Pr_OUT(x) + 1 − a) / 2
     rmia_gamma: float = 2.0  # RMIA: x beats z when LR(x) / LR(z) > γ
     n_boot: int = 1000  # bootstrap replicates for the populations' intervals
+    num_targets: int = 1  # independent targets pooled into ``populations``
 
     def validate(self) -> None:
         if self.num_shadows < 2:
             raise ConfigError("LiRA needs at least 2 shadow pipelines (one IN, one OUT)")
         if self.shift < 0:
             raise ConfigError("shift must be ≥ 0")
+        if self.num_targets < 1:
+            raise ConfigError("num_targets must be ≥ 1")
         if self.member_fit not in MEMBER_FITS:
             raise ConfigError(f"member_fit must be one of {MEMBER_FITS}, got {self.member_fit!r}")
         if not 0.0 <= self.rmia_a <= 1.0 or self.rmia_gamma < 1.0:
@@ -250,7 +255,7 @@ class LiRAResult:
     shadow_budgets: list[dict[str, Any]] = field(default_factory=list)
     exposed: np.ndarray | None = None  # the target's exposed members (mask over the pool)
     member_fit: str = "members"  # what LiRA's IN side was fitted on
-    populations: dict[str, dict[str, Any]] = field(default_factory=dict)  # target alone
+    populations: dict[str, dict[str, Any]] = field(default_factory=dict)  # independent targets
     populations_pooled: dict[str, dict[str, Any]] = field(default_factory=dict)
     exposed_metrics: dict[str, AttackMetrics] = field(default_factory=dict)  # for ROC plots
     pooled_exposed: dict[str, AttackMetrics] = field(default_factory=dict)
@@ -315,15 +320,19 @@ def run_lira(
     progress: bool = False,
 ) -> LiRAResult:
     """Algorithm 1 on ``pool``: a target on a random half, ``num_shadows`` shadows on balanced
-    halves, every candidate scored by every attack."""
+    halves, every candidate scored by every attack. With ``num_targets`` > 1, more independent
+    targets (each on its own random half, attacked with the same shadows) add independent
+    trials to ``populations``; ``metrics`` stays the first target's."""
     lira = lira or LiRAConfig()
     lira.validate()
     cfg.validate()
     rng = np.random.default_rng(seed)
     n = len(pool)
-    target_keep = np.zeros(n, bool)
-    target_keep[random_half(n, rng)] = True
-    keep = np.vstack([target_keep, balanced_keep(lira.num_shadows, n, rng)])
+    n_t = lira.num_targets
+    targets = np.zeros((n_t, n), bool)
+    for t in range(n_t):
+        targets[t, random_half(n, rng)] = True
+    keep = np.vstack([targets[:1], balanced_keep(lira.num_shadows, n, rng), targets[1:]])
     phi, runs = score_models(pool, cfg, keep, lira, seed=seed, device=device, progress=progress)
     fixed = lira.fixed
     recorded = all(r.exposed is not None for r in runs)
@@ -339,12 +348,20 @@ def run_lira(
         exp = exposed[others] if selection_aware and exposed is not None else None
         return attack_scores(phi[others], keep[others], phi[t], fixed, shadow_exposed=exp, **opts)
 
-    scores = scores_for(0, np.arange(1, len(keep)))
+    shadows = np.arange(1, lira.num_shadows + 1)  # extra targets sit after the shadows
+    scores = scores_for(0, shadows)
     metrics = {k: summarize(s, keep[0]) for k, s in scores.items()}
     target_exposed = None if exposed is None else exposed[0]
+    rows = [0, *range(lira.num_shadows + 1, len(keep))]  # the independent targets
+    per_target = [scores] + [scores_for(t, shadows) for t in rows[1:]]
     populations = {
-        k: population_report(s, keep[0], target_exposed, n_boot=lira.n_boot)
-        for k, s in scores.items()
+        k: population_report(
+            np.concatenate([p[k] for p in per_target]),
+            keep[rows].ravel(),
+            None if exposed is None else exposed[rows].ravel(),
+            n_boot=lira.n_boot,
+        )
+        for k in scores
     }
     exposed_metrics = _exposed_metrics(scores, keep[0], target_exposed)
     pooled: dict[str, AttackMetrics] = {}
@@ -419,13 +436,14 @@ def run_mia(
     (every attack on all members, and on the exposed ones where they differ).
 
     The two populations with intervals: ``populations[name]["all" | "exposed"]`` on the
-    target alone (independent trials) and ``populations_pooled[...]`` on the leave-one-out
+    independent targets (``lira.num_targets``, default 1: the target alone) and ``populations_pooled[...]`` on the leave-one-out
     pool (``"independent": False``), each a :func:`attacks.metrics.metrics_dict` cell —
     ``auc``, ``tpr_at_fpr`` (``"0.01"``, ``"0.001"``), ``ci95``, ``tpr_at_fpr_text``
     (``"< x"`` below the FPR resolution), ``fpr_resolution``, ``n_in``, ``n_out``. ``name``
     runs over ``loss``, ``lira_online``, ``lira_offline``, ``rmia``, ``rmia_offline``;
     ``member_fit`` says whether LiRA's IN side was fitted on exposed shadows.
     """
+    t0 = time.perf_counter()
     rng = np.random.default_rng(seed + 1)
     if pool_size is not None and pool_size < len(train):
         pool = train.subset(np.sort(rng.choice(len(train), pool_size, replace=False)))
@@ -437,6 +455,7 @@ def run_mia(
     out = res.to_dict()
     if test is not None:
         out["target"]["test_accuracy"] = accuracy(res.target.model, test, device)
+    out["seconds"] = time.perf_counter() - t0  # the whole row: every pipeline, every attack
     if plot is not None:
         curves: dict[str, AttackMetrics] = {
             f"{k}": m for k, m in (res.pooled or res.metrics).items()

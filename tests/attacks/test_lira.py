@@ -82,6 +82,8 @@ def test_a_candidate_given_to_every_shadow_but_exposed_by_none_still_scores():
 def test_lira_config_is_checked():
     with pytest.raises(ConfigError):
         LiRAConfig(num_shadows=1).validate()
+    with pytest.raises(ConfigError, match="num_targets"):
+        LiRAConfig(num_targets=0).validate()
     with pytest.raises(ConfigError, match="member_fit"):
         LiRAConfig(member_fit="some").validate()
     with pytest.raises(ConfigError, match="RMIA"):
@@ -124,6 +126,7 @@ def test_lira_beats_the_loss_attack_at_low_fpr_on_an_overfit_pipeline(
     lo, hi = pops["all"]["ci95"]["tpr_at_fpr"]["0.01"]
     assert lo <= pops["all"]["tpr_at_fpr"]["0.01"] <= hi
     assert out["populations_pooled"]["loss"]["all"]["independent"] is False
+    assert out["seconds"] > 0
     assert (tmp_path / "roc.png").stat().st_size > 5000
 
 
@@ -181,3 +184,14 @@ def test_exposed_members_of_a_random_set_leak_at_least_twice_the_all_member_rate
         exp, all_ = pops["exposed"]["tpr_at_fpr"]["0.01"], pops["all"]["tpr_at_fpr"]["0.01"]
         assert exp >= 2 * all_, attack
         assert pops["exposed"]["ci95"]["tpr_at_fpr"]["0.01"][0] > 0.02, attack  # not chance
+
+
+def test_independent_targets_add_trials_to_the_populations(digits_train):
+    cfg = PipelineConfig(model="mlp", epochs=3, dsa=False)
+    lira = LiRAConfig(num_shadows=2, num_targets=3, leave_one_out=False, n_boot=50)
+    out = run_mia(digits_train, None, cfg, num_shadows=2, pool_size=40, lira=lira)
+    assert out["attacks"]["loss"]["n_in"] == 20  # the first target, as before
+    for attack in ("loss", "lira_online", "rmia"):
+        cell = out["populations"][attack]["all"]
+        assert cell["n_in"] == 3 * 20 and cell["n_out"] == 3 * 20
+    assert out["pooled"] == {} and out["populations_pooled"] == {}
