@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from attacks.lira import balanced_keep
-from attacks.metrics import population_report
+from attacks.metrics import plot_roc, population_report, summarize
 from attacks.targets import PipelineConfig, random_half
 from fedistill.data import LabeledImages
 from fedistill.distill import distill
@@ -275,6 +275,7 @@ def run_set_mia(
     seed: int = 0,
     device: torch.device | str = "cpu",
     memorisation_png: str | Path | None = None,
+    plot: str | Path | None = None,
 ) -> dict[str, Any]:
     """The server's view against one pipeline. The candidates are ``pool`` (or a random
     ``pool_size`` subset of it, drawn as :func:`attacks.lira.run_mia` draws its pool). Each of
@@ -282,11 +283,12 @@ def run_set_mia(
     (only the distillation runs, no model is trained); every candidate is scored against each
     target set and the trials of all targets are pooled (independent pipelines). With
     ``config.num_shadows`` shadow pipelines (each on a balanced half) the scores are
-    calibrated. The memorisation report is the first target's.
+    calibrated. The memorisation report is the first target's. ``plot``: a log-log ROC of
+    every distance on all members and on the exposed ones.
 
     Returns a JSON-ready dict: ``{"pipeline", "pool_size", "num_targets", "members",
     "exposed", "calibrated", "num_shadows", "attacks": {distance: {"all": cell, "exposed":
-    cell}}, "memorisation", "seconds"}`` — a cell has ``auc``, ``tpr_at_fpr`` (``"0.01"``,
+    cell}}, "memorisation", "plot", "seconds"}`` — a cell has ``auc``, ``tpr_at_fpr`` (``"0.01"``,
     ``"0.001"``), ``ci95``, ``tpr_at_fpr_text``, ``fpr_resolution``, ``n_in``, ``n_out``;
     ``members``/``exposed`` are totals over targets.
     """
@@ -338,6 +340,18 @@ def run_set_mia(
         k: population_report(np.concatenate(v), truth, exp, n_boot=config.n_boot)
         for k, v in scores.items()
     }
+    plot_path = None
+    if plot is not None:
+        curves = {}
+        for k, v in scores.items():
+            flat = np.concatenate(v)
+            curves[f"set {k}"] = summarize(flat, truth)
+            if exp is not None and exp.any():
+                keep = exp | ~truth
+                curves[f"set {k} · exposed"] = summarize(flat[keep], exp[keep])
+        plot_path = str(
+            plot_roc(curves, plot, title=f"{cfg.label} · server's view · {n} candidates")
+        )
     return {
         "pipeline": cfg.to_dict(),
         "pool_size": n,
@@ -348,6 +362,7 @@ def run_set_mia(
         "num_shadows": config.num_shadows,
         "attacks": attacks,
         "memorisation": mem,
+        "plot": plot_path,
         "seconds": time.perf_counter() - t0,
     }
 

@@ -43,7 +43,11 @@ def _exposed_tpr(res, distance, fpr="0.01"):
 
 def test_random_ipc10_set_gives_away_every_exposed_member(pool, tmp_path):
     res = run_set_mia(
-        pool, PipelineConfig(method="random", ipc=10), FAST, memorisation_png=tmp_path / "m.png"
+        pool,
+        PipelineConfig(method="random", ipc=10),
+        FAST,
+        memorisation_png=tmp_path / "m.png",
+        plot=tmp_path / "roc.png",
     )
     json.dumps(res)
     assert res["members"] == 500 and res["exposed"] == 100
@@ -60,6 +64,7 @@ def test_random_ipc10_set_gives_away_every_exposed_member(pool, tmp_path):
     assert mem["share_within"] == 1.0 and mem["median_nearest_real"] == 0.0
     assert mem["threshold"] > 0
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+    assert res["plot"] == str(tmp_path / "roc.png") and (tmp_path / "roc.png").stat().st_size > 5000
 
 
 def test_dm_real_init_after_50_iterations_still_gives_away_its_initial_images(pool):
