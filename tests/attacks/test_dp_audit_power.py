@@ -24,6 +24,12 @@ from attacks.dp_audit import (
 from fedistill.distill import distill
 from fedistill.distill.psg import PSGConfig
 
+
+@pytest.fixture(autouse=True)
+def _one_thread(_two_threads):
+    torch.set_num_threads(1)  # small tensors and a tiny MLP: a second thread only contends
+
+
 N = 8006  # the MNIST subset's size: DP-PSG's defaults then run 400 steps at q = 256 / 8006
 
 
@@ -130,3 +136,18 @@ def test_one_run_gradient_audit_controls():
     for seed in range(3):
         ok = one_run_gradient_audit(_mechanism(1.0), 5_000, seed=seed)
         assert ok.epsilon_lb <= 1.0 and ok.verdict == "consistent"
+
+
+def test_one_run_black_box_audit_of_a_pipeline_that_memorises(digits_train):
+    """400 mislabelled canaries, one overfit non-private MLP run (no claim: inconclusive by
+    definition), 40 guesses each way: memorisation shows as a clearly positive bound."""
+    from attacks.dp_audit import one_run_pipeline_audit
+    from attacks.targets import PipelineConfig
+
+    cfg = PipelineConfig(model="mlp", epochs=150, lr=0.05, weight_decay=0.0, dsa=False,
+                         batch_size=64)  # fmt: skip
+    a = one_run_pipeline_audit(digits_train, cfg, canaries=400, base_size=100, k=40, seed=0)
+    assert a.details["guesses"] == 80 and a.trials == 400
+    assert a.epsilon_lb > 1.0 and a.epsilon_lb <= a.ceiling
+    assert a.claimed_epsilon is None and a.verdict == "inconclusive"
+    json.dumps(a.to_dict())
