@@ -44,15 +44,23 @@ import torch
 from attacks.backdoor import (
     DoorpingConfig,
     attack_success_rate,
+    backdoor_metrics,
     clean_target_rate,
     doorping,
     poison,
+    summarise_models,
 )
 from attacks.triggers import Trigger, white_trigger
 from fedistill.data import DatasetInfo, LabeledImages
 from fedistill.errors import ConfigError
 from fedistill.evaluate import EvalConfig, predict
-from fedistill.federated import DataTamper, SetTamper, client_partitions, simulate_feddm
+from fedistill.federated import (
+    DataTamper,
+    SetTamper,
+    client_partitions,
+    simulate_feddm,
+    train_global,
+)
 from fedistill.robust import FilterConfig, false_rejection_rate, filter_sets
 from fedistill.synthetic import SyntheticSet
 
@@ -613,10 +621,37 @@ def run_federated_backdoor(
         "rejected": {str(k): v for k, v in result.rejected.items()},
         "trigger": trig.to_dict(),
         "trigger_changes": state["changes"],
+        "models": _global_models_backdoor(result, train, test, trig, target, cfg, seed, device),
     }
     if baseline:
         clean = simulate_feddm(train, test, **common)
         out["clean_accuracy"] = clean.accuracy
         out["baseline_asr"] = attack_success_rate(clean.model, test, trig, target, device)
+        out["baseline_models"] = _global_models_backdoor(
+            clean, train, test, trig, target, cfg, seed, device
+        )
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+def _global_models_backdoor(
+    result: Any,
+    train: LabeledImages,
+    test: LabeledImages,
+    trigger: Trigger,
+    target: int,
+    cfg: EvalConfig,
+    seed: int,
+    device: str | torch.device,
+) -> dict[str, Any]:
+    """ASR, clean target-class rate and clean accuracy of the federation's global model and of
+    ``cfg.num_models − 1`` more trained on the same kept sets with the next seeds (the server's
+    step with another seed), mean ± std (:func:`attacks.backdoor.summarise_models`)."""
+    rows = [backdoor_metrics(result.model, test, trigger, target, device)]
+    seeds = [seed]
+    pooled = [result.sets[k] for k in result.kept]
+    for m in range(1, cfg.num_models):
+        model = train_global(pooled, train.info, cfg, seed=seed + m, device=device)
+        rows.append(backdoor_metrics(model, test, trigger, target, device))
+        seeds.append(seed + m)
+    return summarise_models(rows, seeds)

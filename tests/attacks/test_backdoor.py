@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from attacks.backdoor import (
     DoorpingConfig,
     attack_success_rate,
+    backdoor_metrics,
+    evaluate_backdoor,
     poison,
     run_backdoor,
     run_real_backdoor,
+    select_neurons,
+    summarise_models,
+    update_trigger_neurons,
 )
 from attacks.triggers import patch_mask, pixel_range, random_trigger, white_trigger
 from fedistill.data import DIGITS_INFO, MNIST_INFO
@@ -78,27 +85,138 @@ def test_attack_success_rate_counts_only_non_target_images(digits_test):
     assert attack_success_rate(model, digits_test, trigger, target=2) == 0.0
 
 
+def test_backdoor_metrics_separate_a_backdoor_from_a_model_that_says_target_anyway(digits_test):
+    trigger = white_trigger(digits_test.info)
+    biased = build_model("mlp", digits_test.info)
+    with torch.no_grad():
+        biased.classifier.weight.zero_()
+        biased.classifier.bias.copy_(torch.arange(10.0) == 4)  # "target" for every image
+    m = backdoor_metrics(biased, digits_test, trigger, target=4)
+    # an ASR of 1.0 that means nothing: the same model says 4 for clean images too
+    assert m["asr"] == 1.0 and m["clean_target_rate"] == 1.0
+    assert m["clean_accuracy"] == pytest.approx(float((digits_test.labels == 4).float().mean()))
+    s = summarise_models([m, dict(m, asr=0.5)], [0, 1])
+    assert s["asr"] == 0.75 and s["asr_std"] == pytest.approx(0.35355, abs=1e-4)
+    assert s["num_models"] == 2 and s["asr_above_clean"] == pytest.approx(-0.25)
+
+
+def test_evaluate_backdoor_reports_three_figures_per_seed(digits_train, digits_test):
+    trigger = white_trigger(digits_train.info)
+    poisoned, _ = poison(digits_train, trigger, 0.3, target=0, seed=0)
+    cfg = EvalConfig(epochs=8, num_models=3, lr=0.05, batch_size=64, dsa=False, model="mlp")
+    out = evaluate_backdoor(
+        poisoned.images, poisoned.labels, digits_train.info, digits_test, trigger, 0, cfg
+    )
+    assert out["num_models"] == 3 and len(set(out["model_seeds"])) == 3
+    for key in ("asr", "clean_target_rate", "clean_accuracy"):
+        assert 0 <= out[key] <= 1 and out[f"{key}_std"] >= 0
+    assert out["asr"] > 0.8 and out["clean_target_rate"] < 0.1  # a real backdoor
+    assert out["clean_accuracy"] > 0.8
+
+
+def test_neuron_selection_and_the_activation_raising_trigger_update(digits_train):
+    torch.manual_seed(0)
+    model = build_model("mlp", digits_train.info, width=32)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.weight[:, 5] = 1.0  # unit 5 has the strongest connections
+        model.classifier.weight[:, 9] = -0.5
+    assert select_neurons(model, 2).tolist() == [5, 9]
+    trigger = random_trigger(digits_train.info, torch.Generator().manual_seed(0), size=3)
+    background = digits_train.images[:64]
+    new, info = update_trigger_neurons(
+        trigger,
+        model,
+        digits_train.info,
+        topk=1,
+        alpha=3.0,
+        steps=300,
+        cost_threshold=0.0,
+        clamp=True,
+        background=background,
+    )
+    assert info["neurons"] == [5]
+    assert info["activation"] > info["activation_before"] + 0.05  # the unit was driven up
+    lo, hi = pixel_range(digits_train.info)
+    assert (new.patch_values() >= lo.flatten() - 1e-6).all()
+    assert (new.patch_values() <= hi.flatten() + 1e-6).all()
+    assert torch.equal(new.mask, trigger.mask)
+    outside = ~new.mask.bool().expand_as(new.pattern)
+    assert (new.pattern[outside] == 0).all()  # only the patch moves
+    with pytest.raises(ConfigError):
+        DoorpingConfig(alpha=0).validate()
+    with pytest.raises(ConfigError):
+        DoorpingConfig(trigger_input="sideways").validate()
+
+
 @pytest.mark.slow
-def test_doorping_optimises_the_trigger_and_plants_a_backdoor(digits_train, digits_test):
+def test_doorping_updates_the_trigger_inside_the_loop_and_runs_its_controls(
+    digits_train, digits_test
+):
     cfg = DoorpingConfig(
-        epochs=6,
-        dm_iterations=15,
-        train_epochs=50,
+        epochs=2,
+        dm_iterations=10,
         patch_size=3,
         model_kwargs={"width": 32},
+        proxy_kwargs={"width": 32, "norm": "none"},
+        trigger_input="stamped",
+        topk=5,
+    )
+    assert cfg.trigger_updates == 20
+    out = run_backdoor(
+        digits_train,
+        digits_test,
+        kind="doorping",
+        ipc=10,
+        p=0.1,
+        target=0,
+        eval_cfg=dataclasses.replace(SYN_CFG, num_models=3, epochs=50),
+        doorping_config=cfg,
+        controls=True,
+    )
+    assert out["trigger_updates"] == 20 and out["trigger_change"] > 0.05
+    assert len(out["neurons"]) == 5
+    for key in ("attacked", "random_trigger", "naive", "baseline"):
+        assert out[key]["num_models"] == 3 and "clean_target_rate" in out[key]
+    assert out["attacked"]["clean_accuracy"] > 0.7
+
+
+# Measured 2026-12-02 (digits, IPC 10, p = 0.05, 3×3 patch, target 0, 5 × 20 DM iterations =
+# 100 trigger updates, ConvNet-32 proxy without normalisation, trigger on stamped images, top-5
+# units, α = 10; 3 final ConvNet-32 models × 100 epochs): DOORPING ASR 16.3 ± 13.3 %, its
+# random-trigger control 6.2 ± 0.4 %, NAIVE (white patch, same loop) 37.3 ± 11.8 %, clean
+# pipeline 2.4 %. Kept inside valid pixels, the activation-raising objective drives the patch
+# to all-white — NAIVE's trigger — so it cannot beat NAIVE on grey-scale 8×8 digits; unclamped
+# (as the reference code) the instance-normalised network's 1×1 features are bounded and the
+# pattern runs off to ±180 with ASR 0 %. The claim of issue 13 stays here, as a strict xfail.
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="DOORPING does not beat NAIVE on 8×8 digits at a small budget (measured; see above)",
+)
+def test_doorping_beats_its_random_trigger_control_and_naive_by_20_points(
+    digits_train, digits_test
+):
+    cfg = DoorpingConfig(
+        epochs=5,
+        dm_iterations=20,
+        patch_size=3,
+        model_kwargs={"width": 32},
+        proxy_kwargs={"width": 32, "norm": "none"},
+        trigger_input="stamped",
+        topk=5,
     )
     out = run_backdoor(
         digits_train,
         digits_test,
         kind="doorping",
         ipc=10,
-        p=0.2,
+        p=0.05,
         target=0,
-        eval_cfg=SYN_CFG,
+        eval_cfg=dataclasses.replace(SYN_CFG, num_models=3),
         doorping_config=cfg,
+        controls=True,
     )
-    assert out["trigger_change"] > 0.1  # the trigger moved during distillation
-    assert out["trigger"]["values"] != out["initial_trigger"]["values"]
-    assert out["attacked"]["clean_accuracy"] > 0.7
-    # the same DM loop without poisoning, tested with the same final trigger
-    assert out["attacked"]["asr"] > out["baseline"]["asr"] + 0.15
+    asr = out["attacked"]["asr"]
+    assert asr >= out["random_trigger"]["asr"] + 0.20
+    assert asr > out["naive"]["asr"]

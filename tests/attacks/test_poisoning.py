@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -120,9 +122,14 @@ def test_federated_naive_backdoor_by_one_client_of_five(digits_train, digits_tes
         target=0,
         method="random",
         ipc=10,
-        eval_cfg=CFG,
+        eval_cfg=dataclasses.replace(CFG, num_models=3),
     )
     assert out["asr"] > out["baseline_asr"] + 0.3, out
+    # over 3 global models (server seeds), beside the same models' clean target-class rate
+    models = out["models"]
+    assert models["num_models"] == 3 and models["asr_std"] >= 0
+    assert models["asr"] > models["clean_target_rate"] + 0.3
+    assert out["baseline_models"]["asr"] < models["asr"] - 0.3  # the clean federation's control
 
 
 # ------------------------------------------------------------------ adaptive attackers
