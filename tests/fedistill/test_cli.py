@@ -42,12 +42,14 @@ def test_distill_evaluate_show_round_trip(tmp_path, capsys):
     assert len(syn) == 20 and syn.meta["method"] == "random"
 
     code, stdout, _ = run(
-        ["evaluate", str(out), "--epochs", "5", "--models", "2", "--json", "--quiet"], capsys
+        ["evaluate", str(out), "--epochs", "30", "--models", "2", "--json", "--quiet"], capsys
     )
     assert code == 0
     result = json.loads(stdout)
     assert set(result) >= {"accuracy_mean", "accuracy_std", "accuracies"}
-    assert len(result["accuracies"]) == 2 and all(0 <= a <= 1 for a in result["accuracies"])
+    # two models trained (measured 0.46 and 0.35 at 30 epochs on IPC 2; chance is 0.10)
+    assert len(result["accuracies"]) == 2 and min(result["accuracies"]) > 0.2
+    assert result["accuracy_mean"] == pytest.approx(sum(result["accuracies"]) / 2)
 
     png = tmp_path / "grid.png"
     code, _, _ = run(["show", str(out), "--out", str(png)], capsys)

@@ -13,9 +13,20 @@ def test_digits_split_is_fixed_stratified_and_disjoint(digits_train, digits_test
     tr = np.bincount(digits_train.labels.numpy(), minlength=10) / len(digits_train)
     te = np.bincount(digits_test.labels.numpy(), minlength=10) / len(digits_test)
     assert np.abs(tr - te).max() < 0.01
-    # disjoint: no test image equals a training image at the same raw position
+    # disjoint and covering: the two splits together are the 1,797 raw images, each once
+    # (compared as multisets of rows; digits has a few duplicate images, which must be split
+    # as often as they occur)
+    from sklearn.datasets import load_digits
+
     a, b = Digits(train=True), Digits(train=False)
-    assert len(a) + len(b) == 1797
+    raw = load_digits().images.reshape(-1, 64).astype(np.float32) / 16.0
+    both = torch.cat([a.data, b.data]).reshape(-1, 64).numpy()
+    assert len(a) + len(b) == len(raw) == 1797
+
+    def rows(m):
+        return sorted(map(bytes, m.view(np.uint32)))
+
+    assert rows(both) == rows(raw)
     assert torch.equal(load_dataset("digits").images, digits_train.images)  # deterministic
 
 

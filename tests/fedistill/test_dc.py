@@ -165,5 +165,6 @@ def test_soft_labels_are_learned_probability_rows_and_round_trip(
     back = SyntheticSet.load(path)
     assert torch.equal(back.labels, s.labels) and torch.equal(back.images, s.images)
     assert back.meta["label_kind"] == "soft"
-    acc = evaluate_set(back, digits_test, EvalConfig(epochs=5, num_models=1, dsa=False)).mean
-    assert 0.0 <= acc <= 1.0
+    # the learned soft labels train a network (measured 0.69 at 60 epochs; chance is 0.10)
+    acc = evaluate_set(back, digits_test, EvalConfig(epochs=60, num_models=1, dsa=False)).mean
+    assert acc > 0.4

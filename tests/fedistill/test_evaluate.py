@@ -14,7 +14,7 @@ def cfg(**kw):
 def test_random_ipc10_digits_beats_chance_by_far(digits_train, digits_test):
     syn = distill("random", digits_train, 10, seed=0)
     res = evaluate_set(syn, digits_test, cfg(epochs=150), seed=0)
-    assert len(res.accuracies) == 2 and all(0 <= a <= 1 for a in res.accuracies)
+    assert len(res.accuracies) == 2 and min(res.accuracies) > 0.6
     assert res.mean > 0.70  # chance is 0.10
     assert res.to_dict()["accuracy_std"] == pytest.approx(res.std)
 
