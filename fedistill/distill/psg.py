@@ -333,6 +333,8 @@ def distill_psg(
     noise_gen = noise_generator(seed, config.secure_noise)  # what protects the data
     if not config.secure_noise:
         log.warning("DP-PSG noise is replayable from the seed: the ε is not a guarantee")
+    if config.public_size is None:
+        log.info("DP-PSG: q = batch_real / %d declares this client's dataset size public", n)
     images, labels = init_images(real, ipc, "noise", gen, record)  # noise, always
     image_syn = images.to(device).requires_grad_(True)
     label_syn = labels.to(device)

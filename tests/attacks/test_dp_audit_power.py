@@ -151,3 +151,11 @@ def test_one_run_black_box_audit_of_a_pipeline_that_memorises(digits_train):
     assert a.epsilon_lb > 1.0 and a.epsilon_lb <= a.ceiling
     assert a.claimed_epsilon is None and a.verdict == "inconclusive"
     json.dumps(a.to_dict())
+
+
+def test_audit_psg_takes_the_method_options():
+    from attacks.dp_audit import audit_psg
+
+    a = audit_psg({"epsilon": 2.0, "iterations": 5}, N, 4_000)
+    assert a.details["mechanism"]["steps"] == 5 * 10 * 2 and a.verdict == "consistent"
+    assert audit_psg({"epsilon": 2.0}, N, 4_000, noise_scale=0.1).verdict == "violation"
