@@ -3,7 +3,12 @@
 * :class:`ConvNet` — the dataset-distillation literature's ConvNet (Zhao et al. 2021): ``depth``
   blocks of 3×3 conv (``width`` channels) → norm → ReLU → 2×2 average pooling, then a linear
   classifier. ``norm="instance"`` is GroupNorm with one group per channel (affine), as in the
-  reference code. Works on 1 or 3 channels and 8×8 to 32×32 inputs.
+  reference code. Works on 1 or 3 channels and 8×8 to 32×32 inputs. ``geometry`` picks how a
+  28×28 input is laid out (:data:`GEOMETRIES`): ``"reference"`` is the reference code's
+  (``networks.py`` of VICO-UoE/DatasetCondensation: the first convolution pads by 3, so maps go
+  32→16→8→4 and ConvNet-128-3 has 128·4·4 = 2,048 features); ``"compact"`` pads every
+  convolution by 1 (28→14→7→3, 1,152 features). Other sizes are the same in both.
+  :data:`DEFAULT_GEOMETRY` is what a ConvNet gets when none is named.
 * :class:`MLP`, :class:`LeNet` and a small-image :class:`ResNet18` for cross-architecture checks.
 
 Every model exposes ``embed(x)`` (the features before the classifier) and ``forward(x)``.
@@ -18,6 +23,23 @@ from fedistill.data import DatasetInfo
 from fedistill.errors import UnknownNameError
 
 NORMS = ("instance", "group", "batch", "none")
+GEOMETRIES = ("compact", "reference")
+# The README's numbers were measured on "compact"; switching this to "reference" (the evaluation
+# protocol of DESIGN.md) is one line, to be done together with re-running those benchmarks.
+DEFAULT_GEOMETRY = "compact"
+# The reference treats a 28×28 input as 32×32: its first convolution pads by this much.
+REFERENCE_PAD_28 = 3
+
+
+def first_padding(geometry: str, image_size: tuple[int, int]) -> int:
+    """Padding of a ConvNet's first 3×3 convolution for ``image_size`` under ``geometry``."""
+    if geometry not in GEOMETRIES:
+        raise UnknownNameError(
+            f"unknown ConvNet geometry '{geometry}'; choose one of {', '.join(GEOMETRIES)}"
+        )
+    if geometry == "reference" and tuple(image_size) == (28, 28):
+        return REFERENCE_PAD_28
+    return 1
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -43,13 +65,19 @@ class ConvNet(nn.Module):
         width: int = 128,
         depth: int = 3,
         norm: str = "instance",
+        geometry: str | None = None,
     ) -> None:
         super().__init__()
+        self.geometry = geometry or DEFAULT_GEOMETRY
+        pad = first_padding(self.geometry, image_size)
         layers: list[nn.Module] = []
         c, h, w = channels, image_size[0], image_size[1]
+        self.map_sizes: list[tuple[int, int]] = []  # each block's conv output (H, W)
         for _ in range(depth):
-            layers += [nn.Conv2d(c, width, 3, padding=1), make_norm(norm, width), nn.ReLU()]
-            c = width
+            layers += [nn.Conv2d(c, width, 3, padding=pad), make_norm(norm, width), nn.ReLU()]
+            c, h, w = width, h + 2 * pad - 2, w + 2 * pad - 2
+            self.map_sizes.append((h, w))
+            pad = 1
             if h >= 2 and w >= 2:  # stop pooling once the map is 1×1 (8×8 digits, deep nets)
                 layers.append(nn.AvgPool2d(2, 2))
                 h, w = h // 2, w // 2
@@ -161,7 +189,7 @@ MODELS = ("convnet", "mlp", "lenet", "resnet18")
 
 def build_model(name: str, info: DatasetInfo, **kwargs) -> nn.Module:
     """A fresh model for ``info``'s image shape and classes. ``kwargs`` go to the class
-    (e.g. ``width``, ``depth``, ``norm`` for the ConvNet)."""
+    (e.g. ``width``, ``depth``, ``norm``, ``geometry`` for the ConvNet)."""
     size = (info.height, info.width)
     if name == "convnet":
         return ConvNet(info.channels, info.num_classes, size, **kwargs)

@@ -56,3 +56,61 @@ def test_convnet_learns_digits(digits_train, digits_test):
         generator=torch.Generator().manual_seed(0),
     )
     assert accuracy(model, digits_test) > 0.85
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _reference_arithmetic(channels, side, width, depth):
+    """networks.py of VICO-UoE/DatasetCondensation: a 28-px input counts as 32×32 and the
+    first convolution of a 1-channel net pads by 3; 3×3 convs, 2×2 average pooling."""
+    size = 32 if side == 28 else side
+    maps = []
+    for d in range(depth):
+        pad = 3 if channels == 1 and d == 0 else 1
+        side = side + 2 * pad - 2
+        maps.append(side)
+        side //= 2
+    assert side == size // 2**depth  # the reference's own bookkeeping (shape_feat) agrees
+    return maps, width * side * side
+
+
+def test_reference_geometry_matches_the_reference_on_mnist():
+    maps, features = _reference_arithmetic(1, 28, 128, 3)
+    assert maps == [32, 16, 8] and features == 2048
+    m = ConvNet(1, 10, (28, 28), geometry="reference")
+    assert m.map_sizes == [(s, s) for s in maps] and m.feature_dim == features
+    assert m.features[0].padding == (3, 3)
+    assert [c.padding for c in m.features if isinstance(c, torch.nn.Conv2d)][1:] == [(1, 1)] * 2
+    x = torch.randn(2, 1, 28, 28)
+    h = x
+    seen = []
+    for layer in m.features:
+        h = layer(h)
+        if isinstance(layer, torch.nn.Conv2d):
+            seen.append(h.shape[-1])
+    assert seen == maps and m.embed(x).shape == (2, 2048) and m(x).shape == (2, 10)
+    assert build_model("convnet", MNIST_INFO, geometry="reference").feature_dim == 2048
+
+
+def test_compact_geometry_stays_selectable_and_other_sizes_agree():
+    m = ConvNet(1, 10, (28, 28), geometry="compact")
+    assert m.map_sizes == [(28, 28), (14, 14), (7, 7)] and m.feature_dim == 1152
+    for channels, size in ((3, (32, 32)), (1, (8, 8))):
+        a = ConvNet(channels, 10, size, geometry="compact")
+        b = ConvNet(channels, 10, size, geometry="reference")
+        assert a.map_sizes == b.map_sizes and a.feature_dim == b.feature_dim
+    assert ConvNet(3, 10, (32, 32), geometry="reference").feature_dim == 2048
+    assert ConvNet(1, 10, (28, 28), width=64, depth=2, geometry="reference").map_sizes == [
+        (32, 32),
+        (16, 16),
+    ]
+    with pytest.raises(UnknownNameError):
+        ConvNet(1, 10, (28, 28), geometry="wide")
+
+
+def test_default_geometry_is_one_switch():
+    import fedistill.models as models
+
+    assert models.DEFAULT_GEOMETRY in models.GEOMETRIES
+    assert ConvNet(1, 10, (28, 28)).geometry == models.DEFAULT_GEOMETRY
