@@ -66,6 +66,13 @@ def jsonable(x: Any) -> Any:
     return str(x)
 
 
+def populations(cells: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each population's headline figures from an :func:`attacks.metrics.metrics_dict` cell:
+    AUC and TPR at 1% / 0.1% FPR, their 95% intervals, the "< x" text, the FPR resolution."""
+    keys = ("auc", "tpr_at_fpr", "ci95", "tpr_at_fpr_text", "fpr_resolution", "n_in", "n_out")
+    return {pop: {k: cell[k] for k in keys if k in cell} for pop, cell in cells.items()}
+
+
 class AttackCells:
     """The measurements; ``self`` is a :class:`attacks.matrix.runner.MatrixRun`."""
 
@@ -145,12 +152,18 @@ class AttackCells:
     # ------------------------------------------------------------------ membership inference
 
     def mia(self, name: str) -> Cell:
+        """Attacks on the model trained on the row's set: loss, LiRA (selection-aware where the
+        method records what it exposed) and RMIA, on all members and on the exposed ones."""
         from attacks.lira import LiRAConfig, run_mia
 
         _row, pcfg = self._pipeline(name)
         spec = self.cfg.mia
         lira = LiRAConfig(
-            num_shadows=spec.num_shadows, shift=spec.shift, leave_one_out=spec.leave_one_out
+            num_shadows=spec.num_shadows,
+            shift=spec.shift,
+            leave_one_out=spec.leave_one_out,
+            num_targets=spec.num_targets,
+            n_boot=spec.n_boot,
         )
         out = run_mia(
             self.train,
@@ -181,16 +194,71 @@ class AttackCells:
                     "n_out",
                 )
             }
+        summary["populations"] = {
+            attack: populations(out["populations"][attack]) for attack in MIA_ATTACKS
+        }
+        summary["member_fit"] = out.get("member_fit")
         summary["target_test_accuracy"] = out["target"].get("test_accuracy")
+        summary["utility"] = self._attacked_utility(name, summary["target_test_accuracy"])
         budget = {
             "num_shadows": spec.num_shadows,
+            "num_targets": spec.num_targets,
             "pool_size": out["pool_size"],
             "members": out["target"]["members"],
             "nonmembers": out["target"]["nonmembers"],
+            "exposed": out.get("exposed"),
             "lira": out["lira"],
             "target": out["target"]["budget"],
         }
         return Cell("ok", summary=summary, budget=budget, result=out)
+
+    def mia_set(self, name: str) -> Cell:
+        """The server's view: each candidate's distance to the nearest image of the set the
+        pipeline released (no model), on all members and on the exposed ones, and the share of
+        synthetic images that sit within a real image's neighbourhood (memorisation)."""
+        from attacks.set_mia import SetMIAConfig, run_set_mia
+
+        row, pcfg = self._pipeline(name)
+        if row.method == REAL:
+            raise Skip("not applicable: the `real` row releases no set (its model is attacked)")
+        spec = self.cfg.mia
+        config = SetMIAConfig(
+            num_targets=spec.num_targets, num_shadows=spec.set_shadows, n_boot=spec.n_boot
+        )
+        slug = _slug(name)
+        out = run_set_mia(
+            self.train,
+            pcfg,
+            config,
+            pool_size=spec.pool_size,
+            seed=self.cfg.seed,
+            device=self.device,
+            memorisation_png=self.plots / f"nearest_{slug}.png",
+            plot=self.plots / f"roc_set_{slug}.png",
+        )
+        summary = {
+            "distances": {d: populations(cells) for d, cells in out["attacks"].items()},
+            "memorisation_share": out["memorisation"].get("share_within"),
+        }
+        budget = {
+            "pool_size": out["pool_size"],
+            "num_targets": out["num_targets"],
+            "members": out["members"],
+            "exposed": out["exposed"],
+            "calibrated": out["calibrated"],
+            "num_shadows": out["num_shadows"],
+        }
+        return Cell("ok", summary=summary, budget=budget, result=out)
+
+    def _attacked_utility(self, name: str, attacked: float | None) -> dict[str, Any]:
+        """The attacked pipeline's own accuracy beside the full-data figure of the row."""
+        full = self.cell(name, "utility")
+        full_acc = full["summary"]["accuracy"] if full else None
+        return {
+            "attacked": attacked,
+            "full_data": full_acc,
+            "gap": None if attacked is None or full_acc is None else full_acc - attacked,
+        }
 
     # ------------------------------------------------------------------ backdoor
 

@@ -17,8 +17,19 @@ from fedistill.errors import ConfigError, UnknownNameError
 SCHEMA = "fedistill.attack-matrix/1"
 FEDAVG = "fedavg"
 ATTACKS = ("mia", "backdoor", "poisoning", "dp_audit")
-CELLS = ("utility", "mia", "backdoor", "poisoning", "poisoning_defended", "dp_audit")
-MIA_ATTACKS = ("loss", "lira_online", "lira_offline")
+CELLS = (
+    "utility",
+    "mia_set",
+    "mia",
+    "backdoor",
+    "poisoning",
+    "poisoning_defended",
+    "dp_audit",
+)
+# the cells an attack section fills, where they are more than the one of its name
+ATTACK_CELLS = {"mia": ("mia_set", "mia"), "poisoning": ("poisoning", "poisoning_defended")}
+MIA_ATTACKS = ("loss", "lira_online", "lira_offline", "rmia")
+POPULATIONS = ("exposed", "all")
 
 
 # =========================================================================== configuration
@@ -82,6 +93,10 @@ class MIASpec:
     pool_size: int | None = None  # None: the whole training split is the candidate pool
     shift: int = 0  # LiRA query views: shifts by this many pixels (0: the image only)
     leave_one_out: bool = True  # pool every model as the target (more trials at low FPR)
+    num_targets: int = 1  # independent targets behind the populations' intervals
+    set_level: bool = True  # the server's view: attacks on the set itself (mia_set cell)
+    set_shadows: int = 0  # shadow pipelines calibrating the set-level distances (0: raw)
+    n_boot: int = 1000  # bootstrap replicates of the 95% intervals
     rows: list[str] | None = None  # None: every pipeline row
 
     def validate(self) -> None:
@@ -89,6 +104,12 @@ class MIASpec:
             raise ConfigError("attacks.mia: num-shadows must be ≥ 2")
         if self.pool_size is not None and self.pool_size < 4:
             raise ConfigError("attacks.mia: pool-size must be ≥ 4")
+        if self.num_targets < 1:
+            raise ConfigError("attacks.mia: num-targets must be ≥ 1")
+        if self.set_shadows < 0 or self.set_shadows == 1:
+            raise ConfigError("attacks.mia: set-shadows must be 0 or ≥ 2")
+        if self.n_boot < 100:
+            raise ConfigError("attacks.mia: n-boot must be ≥ 100")
 
 
 @dataclass
@@ -485,7 +506,8 @@ def select(
 
 
 def quick(cfg: AuditConfig) -> AuditConfig:
-    """A reduced copy for a first try: 2 shadows on ≤ 400 candidates, ≤ 1/5 of the distillation
+    """A reduced copy for a first try: 2 shadows on ≤ 400 candidates (one target, 200 bootstrap
+    replicates, uncalibrated set-level distances), ≤ 1/5 of the distillation
     iterations (at least 1), ≤ 50 training epochs, ≤ 3 FedAvg rounds, ≤ 8 audit runs."""
     cfg = copy.deepcopy(cfg)
     cfg.quick = True
@@ -501,6 +523,9 @@ def quick(cfg: AuditConfig) -> AuditConfig:
     if cfg.mia is not None:
         cfg.mia.num_shadows = min(cfg.mia.num_shadows, 2)
         cfg.mia.pool_size = min(cfg.mia.pool_size or 400, 400)
+        cfg.mia.num_targets = 1
+        cfg.mia.set_shadows = 0
+        cfg.mia.n_boot = min(cfg.mia.n_boot, 200)
     if cfg.backdoor is not None and cfg.backdoor.kind == "doorping":
         d = cfg.backdoor.doorping
         d["epochs"] = min(int(d.get("epochs", 10)), 2)

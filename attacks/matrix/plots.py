@@ -13,7 +13,8 @@ from attacks.matrix.render import cell_summary
 
 
 def write_plots(report: dict[str, Any], folder: str | Path) -> dict[str, str]:
-    """The LiRA log-log ROC of every row, backdoor ASR / clean accuracy, poisoning drops."""
+    """The LiRA log-log ROC of every row, each row's model and set ROCs with both populations,
+    the memorisation pictures, backdoor ASR / clean accuracy, poisoning drops."""
     folder = Path(folder)
     out: dict[str, str] = {}
     p = plot_lira_rocs(report, folder / "roc_lira.png")
@@ -22,7 +23,18 @@ def write_plots(report: dict[str, Any], folder: str | Path) -> dict[str, str]:
     for name, cells in report["cells"].items():
         c = cells.get("mia")
         if c and c.get("status") == "ok" and c["result"].get("plot"):
-            out[f"MIA ROC of `{name}` (loss, LiRA online/offline)"] = c["result"]["plot"]
+            out[f"MIA ROC of `{name}`'s model (loss, LiRA, RMIA; all and exposed members)"] = c[
+                "result"
+            ]["plot"]
+        c = cells.get("mia_set")
+        if c and c.get("status") == "ok":
+            if c["result"].get("plot"):
+                out[f"MIA ROC on `{name}`'s set (nearest-image distances; all and exposed)"] = c[
+                    "result"
+                ]["plot"]
+            png = (c["result"].get("memorisation") or {}).get("png")
+            if png:
+                out[f"`{name}`: each synthetic image beside its nearest real one"] = png
     p = plot_backdoor(report, folder / "backdoor.png")
     if p:
         out["backdoor ASR and clean accuracy"] = str(p)

@@ -34,10 +34,8 @@ def cell_summary(report: dict[str, Any], name: str, kind: str) -> dict[str, Any]
 COLUMNS = (
     ("ε", "utility"),
     ("utility acc %", "utility"),
-    ("MIA AUC loss", "mia"),
-    ("MIA AUC LiRA", "mia"),
-    ("TPR@0.1%FPR loss", "mia"),
-    ("TPR@0.1%FPR LiRA", "mia"),
+    ("MIA on the set: TPR@1%FPR exposed", "mia_set"),
+    ("MIA LiRA: TPR@1%FPR exposed · all", "mia"),
     ("backdoor ASR % (clean-model ASR)", "backdoor"),
     ("backdoor clean acc %", "backdoor"),
     ("poison acc drop (pts)", "poisoning"),
@@ -47,28 +45,42 @@ COLUMNS = (
 )
 
 
-def _tpr(m: dict[str, Any]) -> str:
-    v = _fmt(m["tpr@0.1%fpr"])
-    return v if m.get("tpr@0.1%fpr_resolved", True) else v + "*"
+def tpr_text(pops: dict[str, Any] | None, pop: str, fpr: str = "0.01", ci: bool = True) -> str:
+    """A population's TPR at ``fpr`` as measured: ``"0.98 [0.93, 1.00]"``, or ``"< x"`` below
+    the FPR resolution; "—" where the population is absent (nothing exposed)."""
+    cell = (pops or {}).get(pop)
+    if not cell:
+        return "—"
+    text = cell["tpr_at_fpr_text"][fpr]
+    return text if ci else text.split(" [")[0]
+
+
+def _best_set_distance(s: dict[str, Any]) -> str | None:
+    """The set-level distance that finds the most exposed (else all) members at 1% FPR."""
+    dists = s.get("distances") or {}
+
+    def key(d: str) -> float:
+        pops = dists[d]
+        return (pops.get("exposed") or pops["all"])["tpr_at_fpr"]["0.01"]
+
+    return max(dists, key=key) if dists else None
 
 
 def _row_cells(report: dict[str, Any], name: str) -> list[str]:
     s = lambda kind: cell_summary(report, name, kind)  # noqa: E731
-    u, mia, bd = s("utility"), s("mia"), s("backdoor")
+    u, mia, bd, ms = s("utility"), s("mia"), s("backdoor"), s("mia_set")
     po, pd, dp = s("poisoning"), s("poisoning_defended"), s("dp_audit")
     eps = _eps(u and u.get("epsilon"))
     if eps == "—" and u and u.get("rho"):
         eps = f"— (KIP-ρ {u['rho']:g})"  # ρ is a privacy knob without an ε
     cells = [eps, _pct(u and u.get("accuracy"))]
-    if mia:
-        cells += [
-            _fmt(mia["loss"]["auc"]),
-            _fmt(mia["lira_online"]["auc"]),
-            _tpr(mia["loss"]),
-            _tpr(mia["lira_online"]),
-        ]
+    best = _best_set_distance(ms) if ms else None
+    cells.append(tpr_text(ms["distances"][best], "exposed", ci=False) if best else "—")
+    if mia and "populations" in mia:
+        lira = mia["populations"]["lira_online"]
+        cells.append(f"{tpr_text(lira, 'exposed', ci=False)} · {tpr_text(lira, 'all', ci=False)}")
     else:
-        cells += ["—"] * 4
+        cells.append("—")
     if bd:
         base = bd.get("baseline_asr")
         cells += [
@@ -96,6 +108,120 @@ def matrix_table(report: dict[str, Any]) -> str:
             "| " + " | ".join([f"`{row['name']}`", *_row_cells(report, row["name"])]) + " |"
         )
     return "\n".join(lines)
+
+
+MIA_COLUMNS = (
+    "members (exposed)",
+    "set: TPR@1%FPR exposed",
+    "set: TPR@1%FPR all",
+    "set: TPR@0.1%FPR exposed",
+    "LiRA: TPR@1%FPR exposed",
+    "LiRA: TPR@1%FPR all",
+    "RMIA: TPR@1%FPR exposed",
+    "RMIA: TPR@1%FPR all",
+    "loss: TPR@1%FPR all",
+    "LiRA AUC all",
+    "attacked acc % (full data)",
+)
+
+
+def _auc_text(pops: dict[str, Any], pop: str) -> str:
+    cell = pops.get(pop)
+    if not cell:
+        return "—"
+    lo, hi = cell["ci95"]["auc"]
+    return f"{cell['auc']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def mia_table(report: dict[str, Any]) -> list[str]:
+    """Membership inference, both populations side by side with 95% intervals: on the set the
+    pipeline released (the server's view; the distance that finds most) and on the model
+    trained on it (LiRA, RMIA, loss)."""
+    head = ["pipeline", *MIA_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    shown = False
+    for row in report["rows"]:
+        name = row["name"]
+        ms, mia = cell_summary(report, name, "mia_set"), cell_summary(report, name, "mia")
+        if not (ms or (mia and "populations" in mia)):
+            continue
+        shown = True
+        c = report["cells"][name]
+        b = (c.get("mia") or c.get("mia_set") or {}).get("budget", {})
+        exposed = b.get("exposed")
+        cells = [f"{b.get('members', '—')} ({'—' if exposed is None else exposed})"]
+        best = _best_set_distance(ms) if ms else None
+        if best:
+            d = ms["distances"][best]
+            cells += [
+                tpr_text(d, "exposed") + f" ({best})",
+                tpr_text(d, "all"),
+                tpr_text(d, "exposed", "0.001"),
+            ]
+        else:
+            cells += ["—"] * 3
+        if mia and "populations" in mia:
+            p = mia["populations"]
+            u = mia.get("utility") or {}
+            cells += [
+                tpr_text(p["lira_online"], "exposed"),
+                tpr_text(p["lira_online"], "all"),
+                tpr_text(p["rmia"], "exposed"),
+                tpr_text(p["rmia"], "all"),
+                tpr_text(p["loss"], "all"),
+                _auc_text(p["lira_online"], "all"),
+                f"{_pct(u.get('attacked'))} ({_pct(u.get('full_data'))})",
+            ]
+        else:
+            cells += ["—"] * 7
+        lines.append("| " + " | ".join([f"`{name}`", *cells]) + " |")
+    return lines if shown else []
+
+
+def leak_sentences(report: dict[str, Any]) -> list[str]:
+    """One sentence per row: what leaks, to whom, and how surely (with the interval)."""
+    out = []
+    for row in report["rows"]:
+        name = row["name"]
+        ms, mia = cell_summary(report, name, "mia_set"), cell_summary(report, name, "mia")
+        if not (ms or (mia and "populations" in mia)):
+            continue
+        c = report["cells"][name]
+        b = (c.get("mia_set") or c.get("mia") or {}).get("budget", {})
+        parts = []
+        best = _best_set_distance(ms) if ms else None
+        if best:
+            d = ms["distances"][best]
+            pop = "exposed" if d.get("exposed") else "all"
+            who = (
+                f"the {b.get('exposed')} images it copied or started from"
+                if pop == "exposed"
+                else f"its {b.get('members')} members"
+            )
+            parts.append(
+                f"anyone holding the set finds {who} at 1% FPR with TPR "
+                f"{tpr_text(d, pop)} (nearest-image distance `{best}`)"
+            )
+        if mia and "populations" in mia:
+            p = mia["populations"]
+            best_m = max(
+                ("lira_online", "rmia"),
+                key=lambda a: p[a].get("exposed", p[a]["all"])["tpr_at_fpr"]["0.01"],
+            )
+            label = {"lira_online": "LiRA", "rmia": "RMIA"}[best_m]
+            mb = (c.get("mia") or {}).get("budget", {})
+            if p[best_m].get("exposed") and mb.get("exposed") != mb.get("members"):
+                parts.append(
+                    f"from the trained model {label} reaches {tpr_text(p[best_m], 'exposed')} "
+                    f"on the exposed members and {tpr_text(p[best_m], 'all')} on all members"
+                )
+            else:
+                parts.append(
+                    f"from the trained model {label} reaches {tpr_text(p[best_m], 'all')} on its "
+                    "members"
+                )
+        out.append(f"- `{name}`: " + "; ".join(parts) + ".")
+    return out
 
 
 def _describe_pipeline(report: dict[str, Any], name: str) -> str:
@@ -142,16 +268,26 @@ def budgets_section(report: dict[str, Any]) -> list[str]:
         ex = _first_ok(report, "mia")
         if ex:
             b, s = ex["budget"], ex["summary"]
-            n_out = s["lira_online"]["n_out"]
+            pops = s.get("populations", {}).get("lira_online", {}).get("all")
+            n_out = pops["n_out"] if pops else s["lira_online"]["n_out"]
+            targets = b.get("num_targets", 1)
             lines.append(
-                f"- **MIA**: K = {b['num_shadows']} shadow pipelines on a pool of "
-                f"{b['pool_size']} training images ({b['members']} members per model), each "
-                f"repeating the row's whole pipeline; AUC and TPR pooled over all "
-                f"{b['num_shadows'] + 1} models as targets ({n_out} non-member trials, FPR "
-                f"resolution {1 / n_out:.2g}; * marks a TPR below that resolution, read at FPR 0). "
-                f"LiRA = online, {'fixed' if b['lira'].get('fixed_variance') else 'per-example'} "
-                f"variance, {'shift ' + str(b['lira']['shift']) if b['lira']['shift'] else 'no'} "
-                "query augmentation; offline LiRA and TPR@1%FPR in report.json."
+                f"- **MIA**: candidates are a pool of {b['pool_size']} training images; every "
+                f"pipeline (target or shadow) runs whole on a random half of it (*members*); "
+                f"*exposed* members are those the pipeline provably touched (copied by "
+                f"`random`, the initialisation images of real-init methods), recorded by the "
+                f"method itself. Model attacks: K = {b['num_shadows']} shadow pipelines, "
+                f"{targets} independent target(s) ({n_out} non-member trials: FPR resolution "
+                f'{1 / n_out:.2g}; a TPR below it prints as "< x"); LiRA online '
+                f"({'fixed' if b['lira'].get('fixed_variance') else 'per-example'} variance, "
+                f"IN side fitted on shadows that exposed the candidate where exposure is "
+                f"recorded), RMIA (Zarifzadeh et al. 2024), loss threshold. Set attacks (the "
+                f"server's view): each candidate's distance to the nearest synthetic image of "
+                f"its class (`l2` normalised pixels, `l2_shift` after removing each class's "
+                f"mean shift, `embed` a fixed random ConvNet), the best of them shown. 95% "
+                f"intervals: stratified bootstrap over candidates widened to Clopper–Pearson "
+                f"at the threshold. Leave-one-out pooled figures (dependent trials) and TPR at "
+                f"0.1% FPR of every attack are in report.json."
             )
         else:
             lines.append(
@@ -273,6 +409,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Accuracies and drops in % / points; AUC and TPR as fractions; — = not measured "
         "(reasons below and in report.json).",
         "",
+    ]
+    mia = mia_table(report)
+    if mia:
+        lines += [
+            "#### Membership inference: exposed members beside all members",
+            "",
+            *mia,
+            "",
+            "What leaks, row by row:",
+            "",
+            *leak_sentences(report),
+            "",
+        ]
+    lines += [
         *budgets_section(report),
         "",
     ]

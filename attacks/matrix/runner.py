@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from attacks.matrix.cells import AttackCells, Cell, Skip, jsonable
-from attacks.matrix.config import ATTACKS, CELLS, FEDAVG, SCHEMA, AuditConfig
+from attacks.matrix.config import ATTACK_CELLS, ATTACKS, CELLS, FEDAVG, SCHEMA, AuditConfig
 from attacks.matrix.plots import write_plots
 from attacks.matrix.render import render_markdown
 
@@ -177,7 +177,7 @@ class MatrixRun(AttackCells):
         add("utility", self.utility, self.names)
         for attack in ATTACKS:
             spec = getattr(cfg, attack)
-            kinds = ("poisoning", "poisoning_defended") if attack == "poisoning" else (attack,)
+            kinds = ATTACK_CELLS.get(attack, (attack,))
             if spec is None:
                 for kind in kinds:
                     unplanned(
@@ -192,6 +192,10 @@ class MatrixRun(AttackCells):
             for kind in kinds:
                 unplanned(kind, others, f"not selected (attacks.{attack.replace('_', '-')}.rows)")
             if attack == "mia":
+                if spec.set_level:
+                    add("mia_set", self.mia_set, chosen)
+                else:
+                    unplanned("mia_set", chosen, "not configured (set-level = false)")
                 add("mia", self.mia, chosen)
             elif attack == "backdoor":
                 add("backdoor", self.backdoor, chosen)

@@ -188,13 +188,31 @@ def test_a_tiny_matrix_writes_the_report(tmp_path, capsys):
         mia = cells[name]["mia"]
         assert mia["status"] == "ok"
         assert mia["budget"]["num_shadows"] == 2 and mia["budget"]["pool_size"] == 40
-        for attack in ("loss", "lira_online", "lira_offline"):
-            m = mia["summary"][attack]
-            assert 0.0 <= m["auc"] <= 1.0 and 0.0 <= m["tpr@0.1%fpr"] <= 1.0
+        for attack in ("loss", "lira_online", "lira_offline", "rmia"):
+            cell = mia["summary"]["populations"][attack]["all"]
+            lo, hi = cell["ci95"]["auc"]
+            assert lo <= cell["auc"] <= hi and hi - lo > 0  # a real interval around it
+            assert cell["n_in"] == 20 and cell["fpr_resolution"] == pytest.approx(1 / 20)
+            for fpr in ("0.01", "0.001"):
+                lo, hi = cell["ci95"]["tpr_at_fpr"][fpr]
+                assert lo <= cell["tpr_at_fpr"][fpr] <= hi
+                # 20 non-members cannot resolve 1% or 0.1%: a TPR under 1/20 reads "< 0.05"
+                text = cell["tpr_at_fpr_text"][fpr]
+                assert text == "< 0.05" if cell["tpr_at_fpr"][fpr] < 0.05 else "[" in text
+        u = mia["summary"]["utility"]
+        assert u["full_data"] == cells[name]["utility"]["summary"]["accuracy"]
+        assert u["attacked"] > 0.2  # the attacked pipeline's own model (20 members)
         bd = cells[name]["backdoor"]["summary"]
         assert 0.0 <= bd["asr"] <= 1.0 and bd["clean_accuracy"] > 0.3
         assert bd["baseline_asr"] is not None
     assert cells["fedavg"]["mia"]["status"] == "skipped"
+    # the server's view: `random` uploads the images it picked, so every exposed member sits at
+    # distance 0 from the set (the planted leak, found); `real` releases no set
+    assert cells["real"]["mia_set"]["status"] == "skipped"
+    rnd = cells["random"]["mia_set"]
+    assert rnd["budget"]["exposed"] > 0
+    assert rnd["summary"]["distances"]["l2"]["exposed"]["tpr_at_fpr"]["0.01"] >= 0.9
+    assert rnd["summary"]["memorisation_share"] == 1.0
     assert cells["real"]["poisoning"]["status"] == "skipped"
     assert cells["real"]["poisoning"]["reason"] == "not selected (attacks.poisoning.rows)"
     po = cells["random"]["poisoning"]["summary"]
@@ -207,12 +225,21 @@ def test_a_tiny_matrix_writes_the_report(tmp_path, capsys):
     assert dp["claimed_epsilon"] is None and dp["epsilon_lb"] >= 0.0
 
     md = (out / "report.md").read_text()
-    assert "| pipeline | ε | utility acc % | MIA AUC loss | MIA AUC LiRA |" in md
+    assert "| pipeline | ε | utility acc % | MIA on the set: TPR@1%FPR exposed |" in md
+    assert "#### Membership inference: exposed members beside all members" in md
+    assert "- `random`: anyone holding the set finds the" in md
     for name in ("real", "random", "dm", "fedavg"):
         assert f"| `{name}` |" in md
     assert "## Budgets" in md and "K = 2 shadow pipelines" in md
     assert "fedistill audit --config" in md  # the command that produced it
-    for plot in ("roc_lira.png", "backdoor.png", "poisoning.png", "roc_dm.png"):
+    for plot in (
+        "roc_lira.png",
+        "backdoor.png",
+        "poisoning.png",
+        "roc_dm.png",
+        "roc_set_random.png",
+        "nearest_dm.png",
+    ):
         assert (out / "plots" / plot).stat().st_size > 5000, plot
 
 
@@ -244,4 +271,4 @@ def test_a_failing_cell_is_recorded_and_the_matrix_goes_on(tmp_path, monkeypatch
     md = (out / "report.md").read_text()
     assert "`random` · mia: **failed** — RuntimeError: shadow pipeline exploded" in md
     row = next(line for line in md.splitlines() if line.startswith("| `random` |"))
-    assert row.split("|")[4].strip() == "—"  # the MIA AUC cell
+    assert row.split("|")[5].strip() == "—"  # the LiRA cell (the set-level one still ran)
