@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.alphas, args.clients = 1, [0.5], [5]
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     torch.set_num_threads(1)
     result = run(args)
     write_json(args.out, result)
