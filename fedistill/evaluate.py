@@ -5,6 +5,11 @@ A fresh network (default ConvNet-128-3, instance norm) is trained on the synthet
 DSA augmentation, and tested on the real test split; repeated over several seeds, reported as
 mean ± std. Hard labels train with cross-entropy, soft labels with soft-target cross-entropy,
 KIP regression targets with mean squared error.
+
+The models train concurrently (:func:`fedistill.trainer.map_models`: one single-threaded worker
+per intra-op thread), each exactly as it would alone up to float rounding: model ``m`` of seed
+``s`` is initialised under ``torch.manual_seed(1000·s + m)`` and draws its batch order and
+augmentation from its own generator seeded the same way, whatever ``workers`` is.
 """
 
 from __future__ import annotations
@@ -15,15 +20,25 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedistill.augment import DSA, default_strategy
 from fedistill.data import DatasetInfo, LabeledImages, dataset_info
 from fedistill.errors import ConfigError
 from fedistill.models import build_model
-from fedistill.progress import progress_bar
 from fedistill.synthetic import SyntheticSet
+from fedistill.trainer import loss_for, map_models, train_classifier
+
+__all__ = [
+    "EvalConfig",
+    "EvalResult",
+    "accuracy",
+    "evaluate_arrays",
+    "evaluate_set",
+    "loss_for",
+    "predict",
+    "train_classifier",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +55,14 @@ class EvalConfig:
     dsa: bool = True
     dsa_strategy: str | None = None  # None: the dataset's default (no flips for digits)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # models trained at once; None: one per intra-op thread (at most num_models), 1: in turn
+    workers: int | None = None
 
     def validate(self) -> None:
         if self.epochs < 1 or self.num_models < 1 or self.batch_size < 1:
             raise ConfigError("epochs, num_models and batch_size must be ≥ 1")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError("workers must be ≥ 1 (or None for one per thread)")
 
 
 @dataclass
@@ -66,54 +85,6 @@ class EvalResult:
             "accuracies": self.accuracies,
             "config": self.config,
         }
-
-
-def loss_for(labels: Tensor, label_kind: str):
-    """The training loss matching the label kind."""
-    if not labels.is_floating_point():
-        return F.cross_entropy
-    if label_kind == "targets":
-        return lambda logits, y: F.mse_loss(logits, y)
-    return lambda logits, y: F.cross_entropy(logits, y)  # probability targets
-
-
-def train_classifier(
-    model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    cfg: EvalConfig,
-    *,
-    label_kind: str = "hard",
-    augment: DSA | None = None,
-    device: torch.device | str = "cpu",
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-) -> nn.Module:
-    """Train ``model`` on (images, labels) with the protocol's SGD schedule."""
-    device = torch.device(device)
-    model.to(device).train()
-    x, y = images.to(device), labels.to(device)
-    opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [cfg.epochs // 2], 0.1)
-    criterion = loss_for(labels, label_kind)
-    n = len(x)
-    with progress_bar("train", cfg.epochs, progress) as bar:
-        for _ in range(cfg.epochs):
-            order = torch.randperm(n, generator=generator).to(device)
-            for start in range(0, n, cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                xb = x[idx]
-                if augment is not None:
-                    xb = augment(xb, generator=generator)
-                loss = criterion(model(xb), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            sched.step()
-            bar.advance(loss=loss.item())
-    return model.eval()
 
 
 @torch.no_grad()
@@ -150,24 +121,35 @@ def evaluate_arrays(
     cfg.validate()
     strategy = cfg.dsa_strategy or default_strategy(info)
     augment = DSA(strategy) if cfg.dsa else None
-    accs = []
-    for m in range(cfg.num_models):
+    models, gens = [], []
+    for m in range(cfg.num_models):  # built here, in order: init draws from the global RNG
         torch.manual_seed(seed * 1000 + m)
-        gen = torch.Generator().manual_seed(seed * 1000 + m)
-        model = build_model(cfg.model, info, **cfg.model_kwargs)
-        train_classifier(
-            model,
+        gens.append(torch.Generator().manual_seed(seed * 1000 + m))
+        models.append(build_model(cfg.model, info, **cfg.model_kwargs))
+
+    def train_and_test(m: int) -> float:
+        model = train_classifier(
+            models[m],
             images,
             labels,
             cfg,
             label_kind=label_kind,
             augment=augment,
             device=device,
-            generator=gen,
-            progress=progress,
+            generator=gens[m],
         )
-        accs.append(accuracy(model, test, device))
-        log.info("model %d/%d: test accuracy %.4f", m + 1, cfg.num_models, accs[-1])
+        acc = accuracy(model, test, device)
+        log.info("model %d/%d: test accuracy %.4f", m + 1, cfg.num_models, acc)
+        return acc
+
+    accs = map_models(
+        train_and_test,
+        range(cfg.num_models),
+        workers=cfg.workers,
+        device=device,
+        progress=progress,
+        description="evaluate",
+    )
     conf = asdict(cfg) | {
         "dsa_strategy": strategy if cfg.dsa else None,
         "seed": seed,

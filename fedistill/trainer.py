@@ -1,0 +1,192 @@
+"""Training classifiers with the evaluation protocol's SGD schedule — one, or many at once.
+
+:func:`train_classifier` trains one model. :func:`train_many` trains M models on one set
+concurrently, each with its own initialisation (the models passed in), data order and
+augmentation draws (its own ``torch.Generator``), and each model's trajectory is the one
+:func:`train_classifier` gives it alone: the same code runs per model, only on another thread.
+
+**Why threads, each single-threaded.** On a CPU, one ConvNet-128-3 step on an IPC-10 set is a
+few dozen operations on small tensors; run with two intra-op threads, every operation ends in an
+OpenMP barrier, and on a shared machine each barrier waits for the slower core. Giving each
+model one core — ``workers`` Python threads, each running torch with one intra-op thread, taking
+the next untrained model when done — removes the barriers and keeps each model's activations in
+its core's cache, while the heavy kernels run outside the GIL. This is the same device as DM's
+real branch (:mod:`fedistill.distill._fast_convnet`). The alternatives measured here (AMD EPYC,
+2 cores shared with other jobs, ConvNet-128-3, 100 MNIST-sized images, 4 models) were slower:
+one model after another on 2 threads and ``torch.func.vmap`` over stacked parameters (which
+lowers each convolution to a grouped one); see ``experiments/bench_eval_speed.py``.
+
+A model's result does not depend on ``workers`` (≥ 2) or on which worker trained it; against a
+run on the caller's thread with several intra-op threads it differs by float rounding only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fedistill.augment import DSA
+from fedistill.progress import progress_bar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class SGDSchedule(Protocol):
+    """What training reads from a config (:class:`fedistill.evaluate.EvalConfig` has it)."""
+
+    epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+
+
+def loss_for(labels: Tensor, label_kind: str):
+    """The training loss matching the label kind."""
+    if not labels.is_floating_point():
+        return F.cross_entropy
+    if label_kind == "targets":
+        return lambda logits, y: F.mse_loss(logits, y)
+    return lambda logits, y: F.cross_entropy(logits, y)  # probability targets
+
+
+def train_classifier(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    cfg: SGDSchedule,
+    *,
+    label_kind: str = "hard",
+    augment: DSA | None = None,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> nn.Module:
+    """Train ``model`` on (images, labels) with the protocol's SGD schedule."""
+    device = torch.device(device)
+    model.to(device).train()
+    x, y = images.to(device), labels.to(device)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [cfg.epochs // 2], 0.1)
+    criterion = loss_for(labels, label_kind)
+    n = len(x)
+    with progress_bar("train", cfg.epochs, progress) as bar:
+        for _ in range(cfg.epochs):
+            order = torch.randperm(n, generator=generator).to(device)
+            for start in range(0, n, cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                xb = x[idx]
+                if augment is not None:
+                    xb = augment(xb, generator=generator)
+                loss = criterion(model(xb), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            sched.step()
+            if progress:
+                bar.advance(loss=loss.item())
+    return model.eval()
+
+
+def default_workers(num_jobs: int, device: torch.device | str = "cpu") -> int:
+    """Workers for ``num_jobs`` models: one per intra-op thread, at most one per model; 1 (the
+    caller's thread, all its intra-op threads) off the CPU or for a single model."""
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(num_jobs, torch.get_num_threads()))
+
+
+def map_models(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    *,
+    workers: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    description: str = "models",
+) -> list[R]:
+    """``[fn(item) for item in items]``, on ``workers`` threads sharing the intra-op threads.
+
+    With one worker the calls run in order on the caller's thread. With ``w > 1`` workers each
+    thread runs torch with ``max(1, threads // w)`` intra-op threads and takes the next item when
+    done; results come back in ``items``' order, and the caller's thread setting is restored.
+    ``fn`` must not touch torch's global RNG (give each item its own generator)."""
+    workers = default_workers(len(items), device) if workers is None else max(1, workers)
+    workers = min(workers, max(1, len(items)))
+    with progress_bar(description, len(items), progress) as bar:
+        if workers == 1:
+            out = []
+            for item in items:
+                out.append(fn(item))
+                bar.advance()
+            return out
+        threads = torch.get_num_threads()
+        per_worker = max(1, threads // workers)
+
+        def run(item: T) -> R:
+            # intra-op threads are per OS thread under OpenMP; asking first makes torch
+            # initialise this thread's setting, so it is not reset later
+            if torch.get_num_threads() != per_worker:
+                torch.set_num_threads(per_worker)
+            return fn(item)
+
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="fedistill-train") as pool:
+                futures = [pool.submit(run, item) for item in items]
+                for f in futures:
+                    f.result()
+                    bar.advance()
+                return [f.result() for f in futures]
+        finally:
+            torch.set_num_threads(threads)  # the workers' setting also reaches MKL's global one
+
+
+def train_many(
+    models: Sequence[nn.Module],
+    images: Tensor,
+    labels: Tensor,
+    cfg: SGDSchedule,
+    generators: Sequence[torch.Generator],
+    *,
+    label_kind: str = "hard",
+    augment: DSA | None = None,
+    device: torch.device | str = "cpu",
+    workers: int | None = None,
+    progress: bool = False,
+) -> list[nn.Module]:
+    """Train every model of ``models`` on (images, labels), model ``i`` drawing its batch order
+    and augmentation from ``generators[i]``; concurrently (see the module docstring).
+
+    Each model ends as :func:`train_classifier` would leave it trained alone with the same
+    generator state, up to float rounding."""
+    if len(models) != len(generators):
+        raise ValueError(f"{len(models)} models but {len(generators)} generators")
+
+    def one(i: int) -> nn.Module:
+        return train_classifier(
+            models[i],
+            images,
+            labels,
+            cfg,
+            label_kind=label_kind,
+            augment=augment,
+            device=device,
+            generator=generators[i],
+        )
+
+    return map_models(
+        one,
+        range(len(models)),
+        workers=workers,
+        device=device,
+        progress=progress,
+        description="train",
+    )

@@ -1,0 +1,86 @@
+"""The multi-model trainer: each model as if trained alone."""
+
+import pytest
+import torch
+
+from fedistill.augment import DSA, default_strategy
+from fedistill.data import DIGITS_INFO
+from fedistill.distill._fast_convnet import single_threaded
+from fedistill.evaluate import EvalConfig, accuracy, evaluate_arrays
+from fedistill.models import build_model
+from fedistill.trainer import map_models, train_classifier, train_many
+
+CFG = EvalConfig(epochs=6, batch_size=64)  # 100 images: two batches per epoch, lr drop at 3
+SEEDS = (0, 7, 3)
+
+
+def _set(digits_train):
+    idx = torch.cat([torch.nonzero(digits_train.labels == c)[:10, 0] for c in range(10)])
+    return digits_train.images[idx], digits_train.labels[idx]
+
+
+def _fresh(seed):
+    torch.manual_seed(seed)
+    return build_model("convnet", DIGITS_INFO, width=32), torch.Generator().manual_seed(seed)
+
+
+def _params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_many_models_at_once_equal_each_trained_alone(digits_train, digits_test):
+    x, y = _set(digits_train)
+    augment = DSA(default_strategy(DIGITS_INFO))
+    fresh = [_fresh(s) for s in SEEDS]
+    together = train_many(
+        [m for m, _ in fresh], x, y, CFG, [g for _, g in fresh], augment=augment, workers=2
+    )
+    for seed, model in zip(SEEDS, together, strict=True):
+        # alone on one thread, as a worker runs it: the same floats
+        m1, g1 = _fresh(seed)
+        with single_threaded():
+            train_classifier(m1, x, y, CFG, augment=augment, generator=g1)
+        assert torch.equal(_params(m1), _params(model))
+        # alone on the caller's two threads: the same up to float rounding
+        m2, g2 = _fresh(seed)
+        train_classifier(m2, x, y, CFG, augment=augment, generator=g2)
+        a, b = _params(m2), _params(model)
+        assert float((a - b).abs().max()) < 1e-4 * float(a.abs().max())
+        assert accuracy(m2, digits_test) == accuracy(model, digits_test)
+    # the models really differ (own init, order and augmentation)
+    assert not torch.allclose(_params(together[0]), _params(together[1]))
+    assert torch.get_num_threads() == 2  # the caller's setting is restored
+
+
+def test_result_does_not_depend_on_the_number_of_workers(digits_train):
+    x, y = _set(digits_train)
+    runs = []
+    for workers in (2, 3):
+        fresh = [_fresh(s) for s in SEEDS]
+        models = train_many(
+            [m for m, _ in fresh], x, y, CFG, [g for _, g in fresh], workers=workers
+        )
+        runs.append([_params(m) for m in models])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
+def test_evaluate_arrays_same_accuracies_in_turn_and_at_once(digits_train, digits_test):
+    x, y = _set(digits_train)
+    cfg = dict(epochs=4, num_models=3, batch_size=64, model_kwargs={"width": 16})
+    turn = evaluate_arrays(x, y, DIGITS_INFO, digits_test, EvalConfig(**cfg, workers=1), seed=2)
+    once = evaluate_arrays(x, y, DIGITS_INFO, digits_test, EvalConfig(**cfg), seed=2)
+    assert once.accuracies == pytest.approx(turn.accuracies, abs=2 / len(digits_test))
+    assert once.config["workers"] is None and turn.config["workers"] == 1
+
+
+def test_map_models_keeps_order_and_propagates_errors():
+    assert map_models(lambda i: i * i, range(5), workers=2) == [0, 1, 4, 9, 16]
+
+    def boom(i):
+        raise RuntimeError(f"model {i}")
+
+    with pytest.raises(RuntimeError, match="model 0"):
+        map_models(boom, range(3), workers=2)
+    assert torch.get_num_threads() == 2
+    with pytest.raises(ValueError, match="generators"):
+        train_many([torch.nn.Linear(1, 1)], torch.zeros(1, 1), torch.zeros(1), CFG, [])
