@@ -35,6 +35,7 @@ import logging
 import statistics
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from fedistill.data import load_dataset  # noqa: E402
 from fedistill.evaluate import EvalConfig  # noqa: E402
 from fedistill.federated import simulate_feddm  # noqa: E402
 from fedistill.plots import _plt  # noqa: E402
-from fedistill.robust import false_rejection_rate, filter_sets  # noqa: E402
+from fedistill.robust import FilterConfig, false_rejection_rate, filter_sets  # noqa: E402
 
 log = logging.getLogger("bench_robustness")
 OUT = REPO / "experiments" / "results"
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     train = load_dataset("digits", train=True)
     test = load_dataset("digits", train=False)
     cfg = EvalConfig(epochs=60, num_models=1, lr=0.05, batch_size=64, dsa=False, model="mlp")
+    fcfg = FilterConfig(class_min_gap=args.class_min_gap, per_class=not args.no_per_class)
     settings = [
         (alpha, n, seed)
         for alpha in args.alphas
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             seed=seed,
         )
         clean = simulate_feddm(train, test, num_clients=n, **common)
-        _kept, rejected = filter_sets(dict(clean.sets), train.info, seed=seed)
+        _kept, rejected = filter_sets(dict(clean.sets), train.info, seed=seed, config=fcfg)
         clean_rows.append(
             {
                 "alpha": alpha,
@@ -118,6 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     defended=True,
                     clean_accuracy=clean.accuracy,
                     clean_result=clean,
+                    filter_config=fcfg,
                     **common,
                     **extra,
                 )
@@ -181,6 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seeds": args.seeds,
             "malicious": 1,
             "federations_per_point": len(settings),
+            "filter": asdict(fcfg),
         },
         "clean": {
             "federations": len(clean_rows),
@@ -195,45 +199,62 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+PANELS = (
+    ("detection_rate", "detection rate (malicious client rejected)"),
+    ("false_rejection_rate", "false-rejection rate (honest clients)"),
+    ("damage", "accuracy drop through the filter"),
+    ("harm", "ASR (backdoor) · source→target (hidden_pull)"),
+)
+
+
+def _value(point: dict[str, Any], key: str) -> float:
+    if key == "harm":
+        v = point["asr"] if point["asr"] is not None else point["source_to_target"]
+    else:
+        v = point[key]
+    return float("nan") if v is None else float(v)
+
+
 def plot(result: dict[str, Any], path: Path) -> Path:
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for attack, pts in result["curves"].items():
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, (attack, pts) in enumerate(result["curves"].items()):
+        colour = colours[n % len(colours)]
         xs = [p["strength"] for p in pts]
-        if not all(isinstance(x, int | float) for x in xs):
-            continue
-        # strength on a common axis: the rank of the setting (weakest to strongest)
-        ranks = list(range(1, len(xs) + 1))
-        for ax, key in zip(axes, ("detection_rate", "false_rejection_rate", "damage"), strict=True):
-            ys = [p[key] if p[key] is not None else float("nan") for p in pts]
-            ax.plot(ranks, ys, marker="o", label=f"{attack} ({', '.join(f'{x:g}' for x in xs)})")
-    for attack, pts in result["curves"].items():
-        if attack.startswith("aware_"):
-            p = pts[0]
-            for ax, key in zip(
-                axes, ("detection_rate", "false_rejection_rate", "damage"), strict=True
-            ):
-                if p[key] is not None:
-                    ax.axhline(p[key], ls="--", lw=1, label=attack)
-    for ax, title in zip(
-        axes,
-        ("detection rate", "false-rejection rate (honest)", "accuracy drop through the filter"),
-        strict=True,
-    ):
+        for ax, (key, _title) in zip(axes, PANELS, strict=True):
+            if attack.startswith("aware_"):  # the attacker's own choice: one level, dashed
+                v = _value(pts[0], key)
+                if v == v:
+                    ax.axhline(v, ls="--", lw=1.2, color=colour, label=f"{attack} (own choice)")
+                continue
+            # strength on a common axis: the rank of the setting (weakest to strongest)
+            ys = [_value(p, key) for p in pts]
+            label = f"{attack} ({', '.join(f'{x:g}' for x in xs)})"
+            ax.plot(range(1, len(xs) + 1), ys, marker="o", color=colour, label=label)
+    for ax, (_key, title) in zip(axes, PANELS, strict=True):
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("attacker strength (setting rank, weakest → strongest)")
+        ax.set_xlabel("attacker strength (setting rank, weakest → strongest)", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=6)
     b = result["budget"]
     fig.suptitle(
         f"FedDM set filter vs adaptive attackers · digits, random sets IPC 10, α {b['alphas']}, "
-        f"n {b['clients']}, {b['federations_per_point']} federations per point",
+        f"n {b['clients']}, {b['federations_per_point']} federations per point; honest FRR "
+        f"on clean federations {result['clean']['honest_rejected']}/{result['clean']['honest_total']}",
         fontsize=9,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def replot(json_path: Path, png_path: Path) -> Path:
+    """Redraw the plot from a results file (no federations run)."""
+    import json
+
+    return plot(json.loads(json_path.read_text()), png_path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -245,7 +266,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=OUT / "bench_robustness.json")
     p.add_argument("--plot", type=Path, default=OUT / "robustness.png")
     p.add_argument("--quick", action="store_true", help="1 seed, α 0.5, 5 clients")
+    p.add_argument("--class-min-gap", type=float, default=FilterConfig.class_min_gap)
+    p.add_argument("--no-per-class", action="store_true", help="the filter before issue 13")
+    p.add_argument("--replot", action="store_true", help="only redraw --plot from --out")
     args = p.parse_args(argv)
+    if args.replot:
+        replot(args.out, args.plot)
+        return
     if args.quick:
         args.seeds, args.alphas, args.clients = 1, [0.5], [5]
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
