@@ -505,11 +505,24 @@ class AttackCells:
         )
         summary = {
             "epsilon_lb": out["epsilon_lb"],
+            "ceiling": out["ceiling"],
             "claimed_epsilon": out["claimed_epsilon"],
+            "accountant_epsilon": out["accountant_epsilon"],
+            "trials": out["trials"],
+            "verdict": out["verdict"],
             "consistent": out["consistent"],
-            "epsilon_lb_ceiling": out["epsilon_lb_ceiling"],
             "delta": out["delta"],
         }
+        if pcfg.method == "psg":  # white-box: gradient canaries in the mechanism itself
+            from attacks.dp_audit import audit_psg
+
+            white = audit_psg(
+                pcfg.method_options, len(self.train), spec.white_box_trials, seed=self.cfg.seed
+            )
+            keys = ("epsilon_lb", "ceiling", "claimed_epsilon", "accountant_epsilon", "trials")
+            summary["white_box"] = {k: v for k, v in white.to_dict().items() if k in keys}
+            summary["white_box"]["verdict"] = white.verdict
+            summary["white_box"]["n"] = len(self.train)
         budget = {
             "num_runs": spec.num_runs,
             "runs_for_bound": out["runs_for_bound"],

@@ -180,6 +180,7 @@ class DPAuditSpec:
     canary: str = "mislabel"
     delta: float | None = None  # None: the accountant's δ
     confidence: float = 0.95
+    white_box_trials: int = 10_000  # psg rows: gradient-canary trials in the mechanism itself
     rows: list[str] | None = None  # None: the rows whose sets carry an ε
 
     def validate(self) -> None:
@@ -194,6 +195,8 @@ class DPAuditSpec:
             )
         if not 0 < self.confidence < 1:
             raise ConfigError("attacks.dp-audit: confidence must be in (0, 1)")
+        if self.white_box_trials < 100:
+            raise ConfigError("attacks.dp-audit: white-box-trials must be ≥ 100")
 
 
 SPECS: dict[str, type] = {

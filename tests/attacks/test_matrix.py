@@ -222,11 +222,15 @@ def test_a_tiny_matrix_writes_the_report(tmp_path, capsys):
     assert math.isfinite(cells["fedavg"]["poisoning"]["summary"]["accuracy_drop"])
     assert cells["fedavg"]["poisoning_defended"]["status"] == "skipped"
     dp = cells["real"]["dp_audit"]["summary"]
-    assert dp["claimed_epsilon"] is None and dp["epsilon_lb"] >= 0.0
+    # `real` claims nothing (ε = ∞): 4 runs cannot show that, so the cell must not look like
+    # evidence of privacy
+    assert dp["claimed_epsilon"] is None and dp["verdict"] == "inconclusive"
+    assert dp["epsilon_lb"] <= dp["ceiling"] < 3 and dp["trials"] > 0
 
     md = (out / "report.md").read_text()
     assert "| pipeline | ε | utility acc % | MIA on the set: TPR@1%FPR exposed |" in md
     assert "#### Membership inference: exposed members beside all members" in md
+    assert "| inconclusive: " in md  # the DP-audit cell of `real`
     assert "- `random`: anyone holding the set finds the" in md
     for name in ("real", "random", "dm", "fedavg"):
         assert f"| `{name}` |" in md
@@ -272,3 +276,39 @@ def test_a_failing_cell_is_recorded_and_the_matrix_goes_on(tmp_path, monkeypatch
     assert "`random` · mia: **failed** — RuntimeError: shadow pipeline exploded" in md
     row = next(line for line in md.splitlines() if line.startswith("| `random` |"))
     assert row.split("|")[5].strip() == "—"  # the LiRA cell (the set-level one still ran)
+
+
+def test_a_private_row_is_audited_white_box_beside_black_box(tmp_path):
+    """A DP-PSG row: the black-box bound (inconclusive at 4 runs: its ceiling is far below
+    any useful claim) and the white-box audit of the mechanism itself, which can speak."""
+    cfg = config_from_dict(
+        {
+            "dataset": "digits",
+            "reference": False,
+            "budget": {"ipc": 1, "model": "mlp", "epochs": 10, "dsa": False, "lr": 0.05},
+            "methods": [
+                {
+                    "method": "psg",
+                    "epsilon": 2.0,
+                    "iterations": 1,
+                    "outer-loop": 1,
+                    "batch-loop": 1,
+                    "inner-loop": 1,
+                    "batch-real": 16,
+                    "width": 8,
+                }
+            ],
+            "attacks": {
+                "dp-audit": {"num-runs": 4, "base-size": 40, "canaries-per-run": 2},
+            },
+        }
+    )
+    report = run_matrix(cfg, tmp_path / "r")
+    dp = report["cells"]["psg"]["dp_audit"]["summary"]
+    assert dp["claimed_epsilon"] == pytest.approx(2.0, rel=0.05)
+    assert dp["verdict"] == "inconclusive" and dp["ceiling"] < 2.0
+    wb = dp["white_box"]
+    assert wb["trials"] == 10_000 and wb["ceiling"] > 5  # enough trials to speak at ε = 2
+    assert wb["verdict"] == "consistent" and wb["epsilon_lb"] <= wb["claimed_epsilon"]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "inconclusive: " in md and "; white-box: " in md
