@@ -134,12 +134,20 @@ def cmd_distill(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     path = syn.save(args.out)
-    priv = syn.privacy
-    extra = (
-        f", ε = {priv['epsilon']:.3g} (δ = {priv['delta']:g})" if priv and "epsilon" in priv else ""
+    print(
+        f"wrote {path}: {len(syn)} images {tuple(syn.images.shape[1:])} by {args.method}"
+        + _privacy_suffix(syn)
     )
-    print(f"wrote {path}: {len(syn)} images {tuple(syn.images.shape[1:])} by {args.method}{extra}")
     return 0
+
+
+def _privacy_suffix(syn) -> str:
+    """``", ε = … (δ = …)"`` for a private set, with its NOT-A-GUARANTEE mark where the noise
+    is replayable from the seed; empty for a set without privacy facts."""
+    from fedistill.privacy import privacy_summary
+
+    text = privacy_summary(syn.privacy)
+    return f", {text}" if text else ""
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -179,7 +187,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     syn = SyntheticSet.load(args.file)
     path = save_grid(syn, args.out)
-    print(f"wrote {path}")
+    print(f"wrote {path}: {syn.meta['method']} ipc {syn.meta['ipc']}" + _privacy_suffix(syn))
     return 0
 
 

@@ -136,3 +136,26 @@ def test_console_entry_point_exit_code():
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("secure", [True, False])
+def test_a_private_set_states_its_epsilon_and_a_replayable_one_says_it_is_no_guarantee(
+    tmp_path, capsys, secure
+):
+    out = tmp_path / "p.safetensors"
+    tiny = ["-o", "outer_loop=1", "-o", "batch_loop=1", "-o", "inner_loop=1", "-o", "width=8"]
+    code, stdout, err = run(
+        [
+            "distill",
+            *("--method", "psg", "--dataset", "digits", "--ipc", "1", "--iterations", "1"),
+            *("--epsilon", "4", "--batch-real", "32", "--quiet", "--out", str(out)),
+            *tiny,
+            *([] if secure else ["-o", "secure_noise=false"]),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "ε = " in stdout and "δ = 1e-05" in stdout
+    assert ("NOT A GUARANTEE" in stdout) is not secure
+    code, stdout, _ = run(["show", str(out), "--out", str(tmp_path / "g.png")], capsys)
+    assert code == 0 and "psg ipc 1" in stdout and ("NOT A GUARANTEE" in stdout) is not secure
