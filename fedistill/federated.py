@@ -104,22 +104,16 @@ def client_distill(
         model = None
     if model is not None:
         model = copy.deepcopy(model).to(device).eval()
-    if ledger is None:
-        return distill(
-            method, part, ipc, config, seed=seed, device=device, progress=progress, model=model
-        )
-    if "ledger" not in inspect.signature(m.fn).parameters:
-        raise ConfigError(f"method '{method}' keeps no privacy ledger")
-    extra: dict[str, Any] = {"model": model} if model is not None else {}
-    return m.fn(
+    return distill(
+        method,
         part,
         ipc,
         config,
         seed=seed,
-        device=torch.device(device),
+        device=device,
         progress=progress,
+        model=model,
         ledger=ledger,
-        **extra,
     )
 
 

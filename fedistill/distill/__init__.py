@@ -100,6 +100,7 @@ def distill(
     progress: bool = False,
     model: torch.nn.Module | None = None,
     record: dict[str, Any] | None = None,
+    ledger: Any | None = None,
     **overrides: Any,
 ) -> SyntheticSet:
     """Distill ``real`` into ``ipc`` images per class with the named method.
@@ -112,6 +113,10 @@ def distill(
     the set (``random``'s picks, the real initialisation of DM / DC / DSA / KIP; empty for a
     noise start). A method that records nothing leaves ``None`` there. The record never enters
     the returned set, so it is neither saved nor sent.
+
+    ``ledger`` (optional) is a client's :class:`fedistill.privacy.PrivacyLedger` from its
+    earlier rounds, for private methods that keep one across a run; a method without a ledger
+    refuses it.
     """
     m = get_method(method)
     if not isinstance(ipc, int) or ipc < 1:
@@ -120,14 +125,19 @@ def distill(
         config = m.make_config(**overrides)
     elif overrides:
         config = dataclasses.replace(config, **overrides)
+    takes = inspect.signature(m.fn).parameters
     kwargs: dict[str, Any] = {}
     if model is not None:
-        if "model" not in inspect.signature(m.fn).parameters:
+        if "model" not in takes:
             raise ConfigError(f"method '{method}' cannot distill against a given model")
         kwargs["model"] = model
+    if ledger is not None:
+        if "ledger" not in takes:
+            raise ConfigError(f"method '{method}' keeps no privacy ledger")
+        kwargs["ledger"] = ledger
     if record is not None:
         record["exposed"] = None
-        if "record" in inspect.signature(m.fn).parameters:
+        if "record" in takes:
             kwargs["record"] = record
     return m.fn(
         real, ipc, config, seed=seed, device=torch.device(device), progress=progress, **kwargs
