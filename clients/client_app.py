@@ -37,22 +37,20 @@ from flwr.app.error import Error
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from clients.task import (
+from clients.task import model_to_record, record_to_model, set_to_record
+from fedistill.distill import get_method
+from fedistill.errors import PrivacyBudgetExceeded
+from fedistill.federated import client_distill, client_seed, local_train, set_metrics
+from fedistill.privacy import PrivacyLedger, ledger_of
+from fedistill.wire import (
     ARRAYS_KEY,
     CONFIG_KEY,
     METRICS_KEY,
     PROVENANCE_KEY,
     SYNTHETIC_KEY,
     RunSettings,
-    model_to_record,
-    record_to_model,
-    set_to_record,
     settings_partition,
 )
-from fedistill.distill import get_method
-from fedistill.errors import PrivacyBudgetExceeded
-from fedistill.federated import client_distill, client_seed, local_train, set_metrics
-from fedistill.privacy import PrivacyLedger, ledger_of
 
 log = logging.getLogger("flwr.fedistill.client")
 

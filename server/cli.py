@@ -162,7 +162,7 @@ def preflight(root: Path, overrides: dict[str, Any]) -> None:
     settings, the method and its options, the dataset's presence."""
     from flwr.common.config import get_fused_config_from_dir
 
-    from clients.task import RunSettings, load_split
+    from fedistill.wire import RunSettings, load_split
 
     try:
         fused = get_fused_config_from_dir(root, overrides)

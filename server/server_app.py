@@ -24,8 +24,8 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from clients.task import RunSettings, load_split
 from fedistill.errors import FedistillError
+from fedistill.wire import RunSettings, load_split
 from server.results import RunResults, format_table, write_plots
 from server.strategies import run_fedavg, run_feddm, unreachable
 

@@ -21,20 +21,13 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from torch import nn
 
-from clients.task import (
-    ARRAYS_KEY,
-    CONFIG_KEY,
-    METRICS_KEY,
-    RunSettings,
-    model_to_record,
-    new_model,
-    record_to_model,
-)
 from fedistill.data import DatasetInfo, LabeledImages
 from fedistill.errors import ConfigError
 from fedistill.evaluate import accuracy
 from fedistill.federated import fedavg_weights, fresh_model_accuracies, train_global
 from fedistill.synthetic import SyntheticSet
+from fedistill.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, RunSettings, new_model
+from server.records import model_to_record, record_to_model
 from server.results import Section
 from server.validate import ReplyError, validate_synthetic_reply, validate_update_reply
 

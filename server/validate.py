@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from clients.task import METRICS_KEY, PROVENANCE_KEY, SYNTHETIC_KEY
 from fedistill.data import DatasetInfo
 from fedistill.errors import FedistillError
 from fedistill.federated import check_client_set
 from fedistill.synthetic import SyntheticSet
+from fedistill.wire import METRICS_KEY, PROVENANCE_KEY, SYNTHETIC_KEY
 
 MAX_PROVENANCE_BYTES = 64 * 1024
 METRIC_KEYS = ("num-examples", "num-synthetic", "seconds", "bytes", "epsilon", "delta", "rho")

@@ -11,8 +11,9 @@ from flwr.common.config import get_fused_config_from_dir
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.client_app import train
-from clients.task import RunSettings, model_to_record, new_model, settings_partition
+from clients.task import model_to_record
 from fedistill.errors import ConfigError
+from fedistill.wire import RunSettings, new_model, settings_partition
 from server.cli import PROJECT_ROOT
 from server.validate import validate_synthetic_reply, validate_update_reply
 

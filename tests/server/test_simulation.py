@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.client_app import train
-from clients.task import RunSettings, load_split
+from fedistill.wire import RunSettings, load_split
 from server.cli import PROJECT_ROOT
 from server.results import RunResults, format_table, write_plots
 from server.strategies import run_fedavg, run_feddm, unreachable

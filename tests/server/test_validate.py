@@ -12,9 +12,10 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from clients.client_app import tamper
-from clients.task import RunSettings, model_to_record, set_to_record
+from clients.task import model_to_record, set_to_record
 from fedistill.federated import client_distill
 from fedistill.models import build_model
+from fedistill.wire import RunSettings
 from server.validate import ReplyError, validate_synthetic_reply, validate_update_reply
 
 IPC = 3

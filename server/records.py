@@ -1,0 +1,19 @@
+"""The ServerApp's Flower records: the library's wire contract (:mod:`fedistill.wire`) as
+ArrayRecords and back, in this one place."""
+
+from __future__ import annotations
+
+from flwr.app import Array, ArrayRecord
+from torch import nn
+
+from fedistill.data import DatasetInfo
+from fedistill.wire import RunSettings, arrays_to_model, model_to_arrays
+
+
+def model_to_record(model: nn.Module) -> ArrayRecord:
+    return ArrayRecord({k: Array(v) for k, v in model_to_arrays(model).items()})
+
+
+def record_to_model(record: ArrayRecord, s: RunSettings, info: DatasetInfo) -> nn.Module:
+    """A client's (FedAvg) or the aggregated model, checked against the run's architecture."""
+    return arrays_to_model(record, s, info)
