@@ -185,9 +185,9 @@ def plot_roc(
     The axes start at half the finest FPR resolution among the curves (points at FPR 0 or TPR 0
     cannot be drawn on log axes and are placed on that floor).
     """
-    from fedistill.plots import _plt
+    from fedistill.plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     floors = []

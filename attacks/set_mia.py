@@ -453,9 +453,9 @@ def plot_nearest_pairs(
     from matplotlib.patches import Rectangle
 
     from fedistill.data import denormalise
-    from fedistill.plots import _plt
+    from fedistill.plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = min(len(syn), max_images)

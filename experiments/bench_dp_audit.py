@@ -126,9 +126,9 @@ def black_box_rows(seed: int) -> list[dict[str, Any]]:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
-    from fedistill.plots import _plt
+    from fedistill.plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 5))
     finite = [r["claimed_epsilon"] for r in rows if r["claimed_epsilon"] is not None]
     inf_x = max(finite) * 2.5 if finite else 20.0  # where ε = ∞ sits on the log axis

@@ -513,11 +513,11 @@ def run_alphas_in_processes(b: Budget, args: argparse.Namespace) -> dict[str, An
 
 # ------------------------------------------------------------------------------ plots
 def plot(alpha_runs: dict[str, Any], out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    from fedistill.plots import pyplot
+
+    plt = pyplot()
 
     paths = []
     for xkey, xlabel, name, logx in (

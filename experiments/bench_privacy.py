@@ -354,9 +354,9 @@ def step_cost(train, psg_overrides: dict[str, Any], repeats: int, seed: int) -> 
 
 
 def plot(records: list[dict[str, Any]], path: Path, title: str) -> Path:
-    from fedistill.plots import _plt
+    from fedistill.plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     done = [r for r in records if "accuracy_mean" in r]
     psg = [r for r in done if r["family"] == "psg"]

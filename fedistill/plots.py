@@ -10,7 +10,9 @@ from fedistill.data import denormalise
 from fedistill.synthetic import SyntheticSet
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files, no display): every figure of the project
+    is drawn through this."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,7 +25,7 @@ def save_grid(
     syn: SyntheticSet, path: str | Path, max_per_class: int = 20, title: str | None = None
 ) -> Path:
     """An image grid of ``syn``: a row per class (up to ``max_per_class`` columns)."""
-    plt = _plt()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     labels = syn.hard_labels()

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedistill.plots import _plt, save_grid
+from fedistill.plots import pyplot, save_grid
 from fedistill.synthetic import SyntheticSet
 
 
@@ -158,7 +158,7 @@ def _sections(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def plot_accuracy_vs_round(data: dict[str, Any], path: str | Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for sec in _sections(data):
         pts = [(r["round"], r["accuracy"]) for r in sec["rounds"] if r["accuracy"] is not None]
@@ -179,7 +179,7 @@ def plot_accuracy_vs_bytes(
     sections: list[dict[str, Any]], path: str | Path, title: str = ""
 ) -> Path:
     """Accuracy against cumulative bytes uploaded, one curve per strategy (log x)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for sec in sections:
         pts = [

@@ -76,9 +76,9 @@ def _bars(
     path: Path,
     ylim: tuple[float, float] | None = None,
 ) -> Path:
-    from fedistill.plots import _plt
+    from fedistill.plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     x = np.arange(len(rows))
     width = 0.8 / max(1, len(series))
