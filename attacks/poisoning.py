@@ -53,7 +53,7 @@ from attacks.backdoor import (
 from attacks.triggers import Trigger, white_trigger
 from fedistill.data import DatasetInfo, LabeledImages
 from fedistill.errors import ConfigError
-from fedistill.evaluate import EvalConfig, predict
+from fedistill.evaluate import EvalConfig, accuracy, predict
 from fedistill.federated import (
     DataTamper,
     SetTamper,
@@ -61,7 +61,7 @@ from fedistill.federated import (
     simulate_feddm,
     train_global,
 )
-from fedistill.robust import FilterConfig, false_rejection_rate, filter_sets
+from fedistill.robust import FilterConfig, false_rejection_rate, filter_sets, sanitise_sets
 from fedistill.synthetic import SyntheticSet
 
 log = logging.getLogger(__name__)
@@ -309,6 +309,7 @@ def run_poisoning(
     strengths: list[float] | None = None,
     clean_accuracy: float | None = None,
     clean_result: Any | None = None,
+    sanitise: bool = False,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
@@ -322,7 +323,9 @@ def run_poisoning(
     a :class:`~fedistill.federated.FedResult`, run here when not given). The result has
     ``detection_rate`` (malicious clients rejected), ``false_rejection_rate``,
     ``accuracy_drop``, ``strength``, and for pull attacks ``source_to_target``, for
-    ``backdoor`` ``asr`` and ``clean_target_rate``."""
+    ``backdoor`` ``asr`` and ``clean_target_rate``. With ``defended`` and ``sanitise`` a second
+    global model is trained (same server seed) on the kept sets after
+    :func:`fedistill.robust.sanitise_sets`; its figures are under ``"sanitised"``."""
     if attack not in ATTACKS:
         raise ConfigError(f"unknown attack '{attack}'; choose one of {', '.join(ATTACKS)}")
     if not 0 <= m <= n:
@@ -432,12 +435,21 @@ def run_poisoning(
             return crafted.get(cid, syn)
 
     out["strength"] = strength
+    seen: dict[int, SyntheticSet] = {}
+    set_filter = None
+    if defended:
+        inner = _filter(train.info, filter_config, seed, device)
+
+        def set_filter(sets: dict[int, SyntheticSet]):
+            seen.update(sets)
+            return inner(sets)
+
     result = simulate_feddm(
         train,
         test,
         data_tamper=data_tamper,
         set_tamper=set_tamper,
-        set_filter=_filter(train.info, filter_config, seed, device) if defended else None,
+        set_filter=set_filter,
         **common,
     )
     honest = [c for c in range(n) if c not in bad]
@@ -459,6 +471,26 @@ def run_poisoning(
     if attack == "backdoor":
         out["asr"] = attack_success_rate(result.model, test, trigger, target, device)
         out["clean_target_rate"] = clean_target_rate(result.model, test, target, device)
+    if defended and sanitise:
+        kept_sets = {k: seen[k] for k in result.kept}
+        cleaned, dropped = sanitise_sets(
+            kept_sets, train.info, seed=seed, device=device, config=filter_config
+        )
+        model = train_global(list(cleaned.values()), train.info, cfg, seed=seed, device=device)
+        acc = accuracy(model, test, device)
+        san: dict[str, Any] = {
+            "accuracy": acc,
+            "accuracy_drop": clean_accuracy - acc,
+            "dropped": {str(k): v for k, v in dropped.items()},
+            "dropped_malicious": sum(dropped.get(b, 0) for b in bad),
+            "dropped_honest": sum(v for k, v in dropped.items() if k not in bad),
+        }
+        if pulls:
+            san["source_to_target"] = _rate(model, test, source, target, device)
+        if attack == "backdoor":
+            san["asr"] = attack_success_rate(model, test, trigger, target, device)
+            san["clean_target_rate"] = clean_target_rate(model, test, target, device)
+        out["sanitised"] = san
     log.info(
         "poisoning %s m=%d/%d defended=%s: accuracy %.4f (clean %.4f)",
         attack,

@@ -47,10 +47,15 @@ sys.path.insert(0, str(REPO))
 from attacks.poisoning import run_poisoning  # noqa: E402
 from experiments._bench import command_line, machine, write_json  # noqa: E402
 from fedistill.data import load_dataset  # noqa: E402
-from fedistill.evaluate import EvalConfig  # noqa: E402
-from fedistill.federated import simulate_feddm  # noqa: E402
-from fedistill.plots import _plt  # noqa: E402
-from fedistill.robust import FilterConfig, false_rejection_rate, filter_sets  # noqa: E402
+from fedistill.evaluate import EvalConfig, accuracy  # noqa: E402
+from fedistill.federated import simulate_feddm, train_global  # noqa: E402
+from fedistill.plots import pyplot  # noqa: E402
+from fedistill.robust import (  # noqa: E402
+    FilterConfig,
+    false_rejection_rate,
+    filter_sets,
+    sanitise_sets,
+)
 
 log = logging.getLogger("bench_robustness")
 OUT = REPO / "experiments" / "results"
@@ -97,17 +102,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             seed=seed,
         )
         clean = simulate_feddm(train, test, num_clients=n, **common)
-        _kept, rejected = filter_sets(dict(clean.sets), train.info, seed=seed, config=fcfg)
-        clean_rows.append(
-            {
-                "alpha": alpha,
-                "n": n,
-                "seed": seed,
-                "accuracy": clean.accuracy,
-                "false_rejection_rate": false_rejection_rate(rejected, list(range(n))),
-                "rejected": {str(k): v for k, v in rejected.items()},
-            }
-        )
+        kept, rejected = filter_sets(dict(clean.sets), train.info, seed=seed, config=fcfg)
+        row: dict[str, Any] = {
+            "alpha": alpha,
+            "n": n,
+            "seed": seed,
+            "accuracy": clean.accuracy,
+            "false_rejection_rate": false_rejection_rate(rejected, list(range(n))),
+            "rejected": {str(k): v for k, v in rejected.items()},
+        }
+        if args.sanitise:  # the sanitiser's cost when nobody attacks
+            cleaned, dropped = sanitise_sets(
+                {k: clean.sets[k] for k in kept}, train.info, seed=seed, config=fcfg
+            )
+            model = train_global(list(cleaned.values()), train.info, cfg, seed=seed)
+            row["sanitised_accuracy"] = accuracy(model, test)
+            row["sanitised_dropped"] = sum(dropped.values())
+            row["images"] = sum(len(clean.sets[k]) for k in kept)
+        clean_rows.append(row)
         for attack, (param, strengths) in attacks.items():
             for strength in strengths:
                 extra = {param: strength} if param else {}
@@ -121,6 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     clean_accuracy=clean.accuracy,
                     clean_result=clean,
                     filter_config=fcfg,
+                    sanitise=args.sanitise,
                     **common,
                     **extra,
                 )
@@ -140,6 +153,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "reason": out["rejected"].get("0"),
                     }
                 )
+                if "sanitised" in out:
+                    san = out["sanitised"]
+                    rows[-1]["sanitised"] = {
+                        k: san.get(k)
+                        for k in (
+                            "accuracy_drop",
+                            "asr",
+                            "source_to_target",
+                            "dropped_malicious",
+                            "dropped_honest",
+                        )
+                    }
                 log.info(
                     "α=%g n=%d seed=%d %s %s: detected %s, damage %.3f",
                     alpha,
@@ -169,6 +194,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "damage_undetected": _mean([r["damage"] for r in sel if not r["detected"]]),
                     "source_to_target": _mean([r["source_to_target"] for r in sel]),
                     "asr": _mean([r["asr"] for r in sel]),
+                    "sanitised": (
+                        {
+                            key: _mean([r["sanitised"][key] for r in sel])
+                            for key in (
+                                "accuracy_drop",
+                                "asr",
+                                "source_to_target",
+                                "dropped_malicious",
+                                "dropped_honest",
+                            )
+                        }
+                        if sel and "sanitised" in sel[0]
+                        else None
+                    ),
                 }
             )
     return {
@@ -189,6 +228,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "clean": {
             "federations": len(clean_rows),
             "false_rejection_rate": _mean([r["false_rejection_rate"] for r in clean_rows]),
+            "accuracy": _mean([r["accuracy"] for r in clean_rows]),
+            "sanitised_accuracy": _mean([r.get("sanitised_accuracy") for r in clean_rows]),
+            "sanitised_dropped_fraction": _mean(
+                [r["sanitised_dropped"] / r["images"] for r in clean_rows if "images" in r]
+            ),
             "honest_rejected": sum(len(r["rejected"]) for r in clean_rows),
             "honest_total": sum(r["n"] for r in clean_rows),
             "rows": clean_rows,
@@ -204,11 +248,15 @@ PANELS = (
     ("false_rejection_rate", "false-rejection rate (honest clients)"),
     ("damage", "accuracy drop through the filter"),
     ("harm", "ASR (backdoor) · source→target (hidden_pull)"),
+    ("harm_sanitised", "the same after sanitise_sets (per-image votes)"),
 )
 
 
 def _value(point: dict[str, Any], key: str) -> float:
-    if key == "harm":
+    if key == "harm_sanitised":
+        san = point.get("sanitised") or {}
+        v = san.get("asr") if san.get("asr") is not None else san.get("source_to_target")
+    elif key == "harm":
         v = point["asr"] if point["asr"] is not None else point["source_to_target"]
     else:
         v = point[key]
@@ -216,8 +264,8 @@ def _value(point: dict[str, Any], key: str) -> float:
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
-    plt = _plt()
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.6))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for n, (attack, pts) in enumerate(result["curves"].items()):
         colour = colours[n % len(colours)]
@@ -241,13 +289,24 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     fig.suptitle(
         f"FedDM set filter vs adaptive attackers · digits, random sets IPC 10, α {b['alphas']}, "
         f"n {b['clients']}, {b['federations_per_point']} federations per point; honest FRR "
-        f"on clean federations {result['clean']['honest_rejected']}/{result['clean']['honest_total']}",
+        f"on clean federations {result['clean']['honest_rejected']}/{result['clean']['honest_total']}"
+        + _sanitiser_cost(result["clean"]),
         fontsize=9,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _sanitiser_cost(clean: dict[str, Any]) -> str:
+    if clean.get("sanitised_accuracy") is None:
+        return ""
+    return (
+        f"; sanitiser on clean federations: accuracy {clean['accuracy']:.3f} → "
+        f"{clean['sanitised_accuracy']:.3f}, {100 * clean['sanitised_dropped_fraction']:.0f} % "
+        "of images dropped"
+    )
 
 
 def replot(json_path: Path, png_path: Path) -> Path:
@@ -269,6 +328,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--class-min-gap", type=float, default=FilterConfig.class_min_gap)
     p.add_argument("--no-per-class", action="store_true", help="the filter before issue 13")
     p.add_argument("--replot", action="store_true", help="only redraw --plot from --out")
+    p.add_argument(
+        "--sanitise", action="store_true", help="also train on sanitise_sets' output per run"
+    )
     args = p.parse_args(argv)
     if args.replot:
         replot(args.out, args.plot)

@@ -101,6 +101,10 @@ class FilterConfig:
     class_z: float = 4.0
     class_min_judges: int = 2
     class_min_images: int = 3
+    # image sanitising (sanitise_sets): drop an image when fewer than image_vote of the judges
+    # that know its label's class (at least image_min_judges) classify it as that class
+    image_vote: float = 0.5
+    image_min_judges: int = 2
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -217,6 +221,66 @@ def score_sets(
     for i, why in rejected.items():
         log.info("robust filter rejects client %s: %s", i, why)
     return FilterReport(kept, rejected, scores)
+
+
+def sanitise_sets(
+    sets: dict[int, SyntheticSet],
+    info: DatasetInfo,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    config: FilterConfig | None = None,
+) -> tuple[dict[int, SyntheticSet], dict[int, int]]:
+    """Per-image scores: drop from every set the images whose label the other clients' models
+    reject, and return (the cleaned sets, {client: images dropped}).
+
+    The judges are the pairwise test's models (one per client, trained on its set alone, same
+    seeds). Image x of client i labelled c is dropped when at least ``image_min_judges`` other
+    clients' models know class c and fewer than ``image_vote`` of them classify x as c. This
+    removes what a client-level test lets through when it hides among honest images — a few
+    pull images, the triggered images of a low-rate backdoor — at the price of the honest
+    images that most judges misclassify. A set left empty is dropped. Sets whose images are not
+    of ``info``'s shape are a ConfigError. With fewer than ``config.min_clients`` sets nothing
+    is dropped (no majority to vote)."""
+    cfg = config or FilterConfig()
+    cfg.validate()
+    ids = sorted(sets)
+    for i in ids:
+        if tuple(sets[i].images.shape[1:]) != info.shape:
+            raise ConfigError(f"client {i}: images are {tuple(sets[i].images.shape[1:])}")
+    if len(ids) < cfg.min_clients:
+        return dict(sets), {i: 0 for i in ids}
+    device = torch.device(device)
+    k = info.num_classes
+    labels = {i: sets[i].hard_labels() for i in ids}
+    known = {i: torch.bincount(labels[i], minlength=k) >= cfg.min_class_support for i in ids}
+    models = {
+        j: _train_scorer(sets[j].images, labels[j], info, cfg, seed * 7919 + n, device)
+        for n, j in enumerate(ids)
+    }
+    out: dict[int, SyntheticSet] = {}
+    dropped: dict[int, int] = {}
+    for i in ids:
+        votes = torch.zeros(len(labels[i]))
+        judges = torch.zeros(len(labels[i]))
+        for j in ids:
+            if j == i:
+                continue
+            knows = known[j][labels[i]].double()
+            hit = (predict(models[j], sets[i].images, device).argmax(1).cpu() == labels[i]).double()
+            votes += knows * hit
+            judges += knows
+        judged = judges >= cfg.image_min_judges
+        bad = judged & (votes < cfg.image_vote * judges)
+        dropped[i] = int(bad.sum())
+        if not bad.any():
+            out[i] = sets[i]
+        elif (~bad).any():
+            keep = ~bad
+            out[i] = SyntheticSet(sets[i].images[keep], sets[i].labels[keep], dict(sets[i].meta))
+        if dropped[i]:
+            log.info("sanitiser drops %d of client %s's %d images", dropped[i], i, len(bad))
+    return out, dropped
 
 
 def false_rejection_rate(rejected: dict[int, str] | list[int], honest: list[int]) -> float:

@@ -121,8 +121,13 @@ def run_feddm(
     section: Section,
     *,
     robust: bool = False,
+    sanitise: bool = False,
 ) -> FedDMOutcome:
-    """FedDM rounds: send (config, global model), validate the sets, filter, pool, train."""
+    """FedDM rounds: send (config, global model), validate the sets, filter, pool, train.
+
+    With ``robust`` the sets pass :func:`fedistill.robust.filter_sets`; with ``sanitise`` too,
+    the kept sets then lose the images the other clients' models outvote
+    (:func:`fedistill.robust.sanitise_sets`; the counts go to the round's ``sanitised``)."""
     info: DatasetInfo = test.info
     cfg = s.eval_config()
     filter_sets = _robust_filter() if robust else None
@@ -190,8 +195,23 @@ def run_feddm(
                     {k: v for k, v in clients.get(int(node), {}).items() if k == "partition_id"}
                 )
                 dropped.append(row)
+        if robust and sanitise and kept:
+            from fedistill.robust import sanitise_sets
+
+            cleaned, removed = sanitise_sets(
+                {k: sets[k] for k in kept}, info, seed=s.seed + rnd - 1, device=s.device
+            )
+            sets.update(cleaned)
+            for node in [k for k in kept if k not in cleaned]:
+                dropped.append(_drop(node, "sanitised: every image was outvoted"))
+            kept = sorted(cleaned)
+            extra_sanitised = {str(k): v for k, v in removed.items()}
+        else:
+            extra_sanitised = None
 
         acc, seconds, extra = None, 0.0, {}
+        if extra_sanitised is not None:
+            extra["sanitised"] = extra_sanitised
         if kept:
             log.info(
                 "[FedDM round %d] training the global model on %d images from %d clients "

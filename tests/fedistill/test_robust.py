@@ -154,3 +154,24 @@ def test_per_class_agreement_rejects_pull_images_hidden_in_an_honest_set(iid, di
     report = score_sets(attacked, digits_train.info)
     assert 2 in report.rejected and 7 in report.scores[2].disputed
     assert report.kept == [0, 1, 3, 4]
+
+
+def test_sanitiser_drops_hidden_mislabelled_images_and_few_honest_ones(iid, digits_train):
+    from attacks.poisoning import hide_pull_images
+    from fedistill.robust import sanitise_sets
+
+    _, sets = iid
+    ones = digits_train.images[digits_train.labels == 1][:10]
+    attacked = {**sets, 3: hide_pull_images(sets[3], ones, target=7, hide=3)}
+    cleaned, dropped = sanitise_sets(attacked, digits_train.info)
+    hidden = (attacked[3].images.unsqueeze(1) == ones[:3].unsqueeze(0)).flatten(2).all(2).any(1)
+    assert hidden.sum() == 3
+    left = cleaned[3].images
+    assert not any((left == x).flatten(1).all(1).any() for x in ones[:3])  # all three removed
+    honest_total = sum(len(s) for k, s in sets.items() if k != 3)
+    honest_dropped = sum(v for k, v in dropped.items() if k != 3)
+    assert honest_dropped <= 0.1 * honest_total, dropped
+    assert dropped[3] >= 3
+    # fewer sets than the filter's minimum: nothing to vote with, nothing dropped
+    few, none = sanitise_sets({0: sets[0], 1: sets[1]}, digits_train.info)
+    assert none == {0: 0, 1: 0} and few[0] is sets[0]
