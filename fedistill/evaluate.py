@@ -27,7 +27,7 @@ from fedistill.data import DatasetInfo, LabeledImages, dataset_info
 from fedistill.errors import ConfigError
 from fedistill.models import build_model
 from fedistill.synthetic import SyntheticSet
-from fedistill.trainer import loss_for, map_models, train_classifier
+from fedistill.trainer import auto_chunk, loss_for, map_models, train_classifier
 
 __all__ = [
     "EvalConfig",
@@ -57,12 +57,17 @@ class EvalConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     # models trained at once; None: one per intra-op thread (at most num_models), 1: in turn
     workers: int | None = None
+    # images per forward/backward chunk (gradients accumulated; equal up to float rounding);
+    # None: fedistill.trainer.auto_chunk's pick for the model, 0: whole batches
+    chunk: int | None = None
 
     def validate(self) -> None:
         if self.epochs < 1 or self.num_models < 1 or self.batch_size < 1:
             raise ConfigError("epochs, num_models and batch_size must be ≥ 1")
         if self.workers is not None and self.workers < 1:
             raise ConfigError("workers must be ≥ 1 (or None for one per thread)")
+        if self.chunk is not None and self.chunk < 0:
+            raise ConfigError("chunk must be ≥ 0 (0: whole batches; None: automatic)")
 
 
 @dataclass
@@ -137,6 +142,7 @@ def evaluate_arrays(
             augment=augment,
             device=device,
             generator=gens[m],
+            chunk=auto_chunk(models[m]) if cfg.chunk is None else (cfg.chunk or None),
         )
         acc = accuracy(model, test, device)
         log.info("model %d/%d: test accuracy %.4f", m + 1, cfg.num_models, acc)

@@ -16,6 +16,14 @@ real branch (:mod:`fedistill.distill._fast_convnet`). The alternatives measured 
 one model after another on 2 threads and ``torch.func.vmap`` over stacked parameters (which
 lowers each convolution to a grouped one); see ``experiments/bench_eval_speed.py``.
 
+**Chunks of a batch.** A batch can be pushed through forward and backward in chunks of
+``chunk`` images with the gradients accumulated (each chunk's mean loss weighted by its share of
+the batch): the same gradient up to float rounding for a network without batch-dependent layers
+(instance norm is per image; with batch norm chunking is refused), and each chunk's activations
+stay in the core's cache — measured here (1 thread per model, ConvNet-128-3 on 100 MNIST-sized
+images, reference geometry) a step takes about half the time in chunks of 10 as in one piece.
+:func:`auto_chunk` picks a chunk for a ConvNet from a cache budget for its first activation.
+
 A model's result does not depend on ``workers`` (≥ 2) or on which worker trained it; against a
 run on the caller's thread with several intra-op threads it differs by float rounding only.
 """
@@ -32,6 +40,9 @@ from torch import Tensor, nn
 
 from fedistill.augment import DSA
 from fedistill.progress import progress_bar
+
+# Bytes of a ConvNet's first-block activation per chunk that :func:`auto_chunk` aims for.
+CHUNK_BUDGET_BYTES = 5 * 2**20
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -56,6 +67,26 @@ def loss_for(labels: Tensor, label_kind: str):
     return lambda logits, y: F.cross_entropy(logits, y)  # probability targets
 
 
+def batch_independent(model: nn.Module) -> bool:
+    """True when an image's output does not depend on the rest of its batch (no batch norm)."""
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def auto_chunk(model: nn.Module, budget_bytes: int = CHUNK_BUDGET_BYTES) -> int | None:
+    """Images per forward/backward chunk for ``model``: for a ConvNet (anything with
+    ``map_sizes`` and a first ``Conv2d`` in ``features``), as many as keep the first block's
+    float32 activation within ``budget_bytes``; ``None`` (whole batches) otherwise."""
+    sizes = getattr(model, "map_sizes", None)
+    features = getattr(model, "features", None)
+    if not sizes or not isinstance(features, nn.Sequential) or not batch_independent(model):
+        return None
+    conv = features[0]
+    if not isinstance(conv, nn.Conv2d):
+        return None
+    per_image = conv.out_channels * sizes[0][0] * sizes[0][1] * 4
+    return max(1, budget_bytes // per_image)
+
+
 def train_classifier(
     model: nn.Module,
     images: Tensor,
@@ -67,8 +98,13 @@ def train_classifier(
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
     progress: bool = False,
+    chunk: int | None = None,
 ) -> nn.Module:
-    """Train ``model`` on (images, labels) with the protocol's SGD schedule."""
+    """Train ``model`` on (images, labels) with the protocol's SGD schedule.
+
+    ``chunk``: push each batch through forward and backward ``chunk`` images at a time,
+    accumulating the gradient (see the module docstring); ``None`` or a model with batch norm:
+    whole batches."""
     device = torch.device(device)
     model.to(device).train()
     x, y = images.to(device), labels.to(device)
@@ -78,6 +114,8 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [cfg.epochs // 2], 0.1)
     criterion = loss_for(labels, label_kind)
     n = len(x)
+    if chunk is not None and (chunk < 1 or not batch_independent(model)):
+        chunk = None
     with progress_bar("train", cfg.epochs, progress) as bar:
         for _ in range(cfg.epochs):
             order = torch.randperm(n, generator=generator).to(device)
@@ -86,9 +124,18 @@ def train_classifier(
                 xb = x[idx]
                 if augment is not None:
                     xb = augment(xb, generator=generator)
-                loss = criterion(model(xb), y[idx])
+                yb = y[idx]
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if chunk is None or chunk >= len(idx):
+                    loss = criterion(model(xb), yb)
+                    loss.backward()
+                else:
+                    loss = torch.zeros((), device=device)
+                    for s in range(0, len(idx), chunk):
+                        part = criterion(model(xb[s : s + chunk]), yb[s : s + chunk])
+                        part = part * (min(chunk, len(idx) - s) / len(idx))
+                        part.backward()
+                        loss = loss + part.detach()
                 opt.step()
             sched.step()
             if progress:
@@ -161,6 +208,7 @@ def train_many(
     device: torch.device | str = "cpu",
     workers: int | None = None,
     progress: bool = False,
+    chunk: int | None = None,
 ) -> list[nn.Module]:
     """Train every model of ``models`` on (images, labels), model ``i`` drawing its batch order
     and augmentation from ``generators[i]``; concurrently (see the module docstring).
@@ -180,6 +228,7 @@ def train_many(
             augment=augment,
             device=device,
             generator=generators[i],
+            chunk=chunk,
         )
 
     return map_models(

@@ -84,3 +84,27 @@ def test_map_models_keeps_order_and_propagates_errors():
     assert torch.get_num_threads() == 2
     with pytest.raises(ValueError, match="generators"):
         train_many([torch.nn.Linear(1, 1)], torch.zeros(1, 1), torch.zeros(1), CFG, [])
+
+
+def test_chunked_batches_give_the_same_training_up_to_rounding():
+    from fedistill.data import MNIST_INFO
+    from fedistill.trainer import auto_chunk
+
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 1, 28, 28), torch.arange(40) % 10
+    cfg = EvalConfig(epochs=3, batch_size=32)  # batches of 32 and 8; chunks of 7 cut both
+    runs = {}
+    for norm in ("instance", "batch"):
+        for chunk in (None, 7):
+            torch.manual_seed(1)
+            model = build_model("convnet", MNIST_INFO, width=16, norm=norm, geometry="reference")
+            gen = torch.Generator().manual_seed(1)
+            train_classifier(model, x, y, cfg, generator=gen, chunk=chunk)
+            runs[norm, chunk] = _params(model)
+    a, b = runs["instance", None], runs["instance", 7]
+    assert not torch.equal(a, b) and float((a - b).abs().max()) < 1e-5 * float(a.abs().max())
+    assert torch.equal(runs["batch", None], runs["batch", 7])  # batch norm: chunking refused
+    mnist = build_model("convnet", MNIST_INFO, geometry="reference")
+    assert auto_chunk(mnist) == 10  # 5 MiB of 128 × 32 × 32 float maps
+    assert auto_chunk(build_model("convnet", MNIST_INFO, norm="batch")) is None
+    assert auto_chunk(build_model("mlp", MNIST_INFO)) is None
