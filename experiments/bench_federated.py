@@ -49,7 +49,6 @@ import logging
 import os
 import platform
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -60,12 +59,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomli
 import torch
 
 from fedistill.data import LabeledImages, load_dataset
 from fedistill.errors import FedistillError
 from fedistill.federated import eval_config_from, simulate_fedavg, simulate_feddm
+from fedistill.tomlfile import load_toml
+from server.staging import stage_app, toml_value
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist-subset"
@@ -111,37 +111,9 @@ QUICK = Budget(
 
 
 # ------------------------------------------------------------------------------ curves
-class RoundClock(logging.Handler):
-    """Timestamps the per-round log lines of fedistill.federated ("<name> round r/T: ...")
-    so each round's accuracy gets the wall time at which it was known."""
-
-    pattern = re.compile(r"^(feddm|fedavg) round (\d+)/\d+")
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.t0 = time.perf_counter()
-        self.stamps: dict[int, float] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if match := self.pattern.match(record.getMessage()):
-            self.stamps[int(match.group(2))] = time.perf_counter() - self.t0
-
-
-@contextlib.contextmanager
-def round_clock():
-    logger = logging.getLogger("fedistill.federated")
-    clock, level = RoundClock(), logger.level
-    logger.addHandler(clock)
-    logger.setLevel(logging.INFO)
-    try:
-        yield clock
-    finally:
-        logger.removeHandler(clock)
-        logger.setLevel(level)
-
-
-def curve(result: Any, clock: RoundClock) -> dict[str, Any]:
-    """Per-round accuracy, cumulative bytes up/down and wall seconds of a FedResult."""
+def curve(result: Any) -> dict[str, Any]:
+    """Per-round accuracy, cumulative bytes up/down and wall seconds of a FedResult (each
+    round's ``wall_seconds``, from the run's start, is in its history)."""
     rounds = []
     down = 0
     for h in result.history:
@@ -152,14 +124,10 @@ def curve(result: Any, clock: RoundClock) -> dict[str, Any]:
                 "accuracy": float(h["accuracy"]),
                 "cum_bytes_up": int(h["cum_bytes_up"]),
                 "cum_bytes_down": down,
-                "wall_seconds": clock.stamps.get(int(h["round"])),
+                "wall_seconds": float(h["wall_seconds"]),
                 "rejected": h.get("rejected", {}),
             }
         )
-    n = len(rounds)
-    for i, r in enumerate(rounds):  # no log line captured: spread the measured total evenly
-        if r["wall_seconds"] is None:
-            r["wall_seconds"] = result.wall_seconds * (i + 1) / n
     return {
         "rounds": rounds,
         "accuracy": float(result.accuracy),
@@ -187,39 +155,37 @@ def _method_overrides(b: Budget) -> dict[str, Any] | None:
 
 
 def run_feddm(train: LabeledImages, test: LabeledImages, alpha: float, b: Budget, seed: int):
-    with round_clock() as clock:
-        res = simulate_feddm(
-            train,
-            test,
-            num_clients=b.clients,
-            partitioner="dirichlet",
-            alpha=alpha,
-            method=b.method,
-            ipc=b.ipc,
-            method_config=_method_overrides(b),
-            eval_cfg=eval_config_from(
-                epochs=b.eval_epochs, num_models=1, model_kwargs=_model_kwargs(b)
-            ),
-            rounds=b.feddm_rounds,
-            seed=seed,
-        )
-    return curve(res, clock)
+    res = simulate_feddm(
+        train,
+        test,
+        num_clients=b.clients,
+        partitioner="dirichlet",
+        alpha=alpha,
+        method=b.method,
+        ipc=b.ipc,
+        method_config=_method_overrides(b),
+        eval_cfg=eval_config_from(
+            epochs=b.eval_epochs, num_models=1, model_kwargs=_model_kwargs(b)
+        ),
+        rounds=b.feddm_rounds,
+        seed=seed,
+    )
+    return curve(res)
 
 
 def run_fedavg(train: LabeledImages, test: LabeledImages, alpha: float, b: Budget, seed: int):
-    with round_clock() as clock:
-        res = simulate_fedavg(
-            train,
-            test,
-            num_clients=b.clients,
-            partitioner="dirichlet",
-            alpha=alpha,
-            rounds=b.fedavg_rounds,
-            **({"local_epochs": b.local_epochs} if b.local_epochs else {}),
-            model_kwargs=_model_kwargs(b),
-            seed=seed,
-        )
-    return curve(res, clock)
+    res = simulate_fedavg(
+        train,
+        test,
+        num_clients=b.clients,
+        partitioner="dirichlet",
+        alpha=alpha,
+        rounds=b.fedavg_rounds,
+        **({"local_epochs": b.local_epochs} if b.local_epochs else {}),
+        model_kwargs=_model_kwargs(b),
+        seed=seed,
+    )
+    return curve(res)
 
 
 def bytes_to_reach(fedavg: dict[str, Any], target: float) -> dict[str, Any]:
@@ -256,30 +222,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _stage_app(dest: Path) -> Path:
-    """A copy of the app without [tool.flwr.federations] (flwr run rewrites that table)."""
-    import tomli_w  # a dependency of flwr
-
-    dest.mkdir(parents=True, exist_ok=True)
-    cfg = tomli.loads((REPO / "pyproject.toml").read_text())
-    cfg.get("tool", {}).get("flwr", {}).pop("federations", None)
-    (dest / "pyproject.toml").write_text(tomli_w.dumps(cfg))
-    for pkg in ("fedistill", "clients", "server"):
-        shutil.copytree(
-            REPO / pkg,
-            dest / pkg,
-            dirs_exist_ok=True,
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-        )
-    return dest
-
-
-def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return repr(v) if isinstance(v, int | float) else json.dumps(str(v))
 
 
 def _find_results(root: Path) -> Path | None:
@@ -325,7 +267,7 @@ def flower_overhead(data_root: Path, b: Budget, seed: int, alpha: float = 0.5) -
         f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n'
     )
-    app = _stage_app(work / "app")
+    app = stage_app(REPO, work / "app")
     run_config = {
         "dataset": "mnist",
         "data-root": str(data_root.resolve()),
@@ -345,7 +287,7 @@ def flower_overhead(data_root: Path, b: Budget, seed: int, alpha: float = 0.5) -
     }
     if b.batch_real:
         run_config["method-options"] = f"batch_real={b.batch_real}"
-    known = tomli.loads((REPO / "pyproject.toml").read_text())
+    known = load_toml(REPO / "pyproject.toml")
     known_keys = set(known.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
     if "results-dir" in known_keys:
         run_config["results-dir"] = str(work / "results")
@@ -356,7 +298,7 @@ def flower_overhead(data_root: Path, b: Budget, seed: int, alpha: float = 0.5) -
     argv = [str(BIN / "flwr"), "run", str(app), "bench", "--stream"]
     argv += ["--federation-config", fed_config]
     for k, v in run_config.items():
-        argv += ["--run-config", f"{k}={_toml(v)}"]
+        argv += ["--run-config", f"{k}={toml_value(v)}"]
 
     link = subprocess.Popen(
         [

@@ -555,6 +555,8 @@ def simulate_feddm(
                 "kept": kept,
                 "rejected": {str(k): v for k, v in rejected.items()},
                 **({"epsilon": spent} if spent else {}),
+                "wall_seconds": time.perf_counter()
+                - t_start,  # when this round's accuracy was known
             }
         )
         log.info("feddm round %d/%d: accuracy %.4f, kept %s", rnd, rounds, acc, kept)
@@ -679,6 +681,7 @@ def simulate_fedavg(
                     "bytes_down": down,
                     "cum_bytes_up": result.bytes_up,
                     "aggregated": [list(parts)[i] for i in used],
+                    "wall_seconds": time.perf_counter() - t_start,
                 }
             )
             bar.advance(acc=acc)

@@ -12,7 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import VENV_BIN, Deployment, TlsFiles, stage_app
+from harness import VENV_BIN, Deployment, TlsFiles
+
+from server.staging import stage_app
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -33,7 +33,6 @@ import ipaddress
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -44,11 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomli
+from server.staging import toml_value
 
 HOST = "127.0.0.1"
 VENV_BIN = Path(sys.executable).parent
-APP_PACKAGES = ("fedistill", "clients", "server")
 
 
 class DeploymentError(RuntimeError):
@@ -297,40 +295,6 @@ def write_connection(
     else:
         lines.append(f"root-certificates = {json.dumps(str(root_certificates.resolve()))}")
     (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
-
-
-def stage_app(repo: Path, dest: Path) -> Path:
-    """Copy the Flower app (pyproject.toml and the Python packages) to ``dest``.
-
-    ``flwr run`` rewrites a pyproject.toml that still has ``[tool.flwr.federations]``
-    (migration to ``$FLWR_HOME/config.toml``), so the copy drops that table and the
-    checkout is never touched. The copy is also what the FAB is built from: no results,
-    data or tests travel to the nodes.
-    """
-    import tomli_w  # a dependency of flwr
-
-    dest.mkdir(parents=True, exist_ok=True)
-    config = tomli.loads((repo / "pyproject.toml").read_text())
-    config.get("tool", {}).get("flwr", {}).pop("federations", None)
-    (dest / "pyproject.toml").write_text(tomli_w.dumps(config))
-    for package in APP_PACKAGES:
-        if (repo / package).is_dir():
-            shutil.copytree(
-                repo / package,
-                dest / package,
-                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-                dirs_exist_ok=True,
-            )
-    return dest
-
-
-def toml_value(value: Any) -> str:
-    """A Python value written as a TOML value for ``flwr run --run-config``."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))
 
 
 # ------------------------------------------------------------------------------ TLS
