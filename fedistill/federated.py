@@ -468,25 +468,35 @@ def simulate_feddm(
     round's history records every client's composed ε so far (``epsilon``). A client whose next
     round would exceed its budget sends nothing that round: it is rejected with the reason.
     """
+    from fedistill.engine import FedDMServer, FederationConfig
+
     t_start = time.perf_counter()
-    if rounds < 1:
-        raise ConfigError(f"rounds must be ≥ 1, got {rounds}")
-    cfg = eval_cfg or EvalConfig(num_models=1)
-    cfg.validate()
     info = train.info
-    max_ipc = ipc if max_ipc is None else max_ipc
+    server = FedDMServer(
+        info,
+        test,
+        FederationConfig(
+            eval=eval_cfg or EvalConfig(num_models=1),
+            rounds=rounds,
+            max_ipc=ipc if max_ipc is None else max_ipc,
+            max_bytes=max_bytes,
+            seed=seed,
+            device=device,
+        ),
+        set_filter=None if set_filter is None else (lambda sets, _rnd: set_filter(sets)),
+        progress=progress,
+    )
     parts_idx = client_partitions(train, num_clients, partitioner, alpha, seed)
     parts = {cid: train.subset(idx) for cid, idx in enumerate(parts_idx)}
     if data_tamper is not None:
         parts = {cid: data_tamper(cid, part) for cid, part in parts.items()}
 
     result = FedResult("feddm", float("nan"), None, partitions=parts_idx)  # type: ignore[arg-type]
-    global_model: nn.Module | None = None
     ledgers: dict[int, PrivacyLedger | None] = {}  # one per client for the whole run
     for rnd in range(1, rounds + 1):
-        down = model_bytes(global_model) * num_clients if global_model is not None else 0
+        down = model_bytes(server.model) * num_clients if server.model is not None else 0
         sets: dict[int, SyntheticSet] = {}
-        rejected: dict[int, str] = {}
+        refused: dict[int, str] = {}
         up = 0
         spent: dict[str, float] = {}
         for cid, part in parts.items():
@@ -499,14 +509,14 @@ def simulate_feddm(
                     method_config,
                     seed=client_seed(seed, cid, rnd),
                     device=device,
-                    model=global_model,
+                    model=server.model,
                     progress=progress,
                     rounds=rounds,
                     ledger=ledgers.get(cid),
                 )
             except PrivacyBudgetExceeded as exc:
                 log.warning("client %d, round %d: %s", cid, rnd, exc)
-                rejected[cid] = f"client refused: {exc}"
+                refused[cid] = f"client refused: {exc}"
                 result.clients[cid] = {**result.clients.get(cid, {}), "error": str(exc)}
                 continue
             ledgers[cid] = ledger_of(syn.privacy)
@@ -518,57 +528,34 @@ def simulate_feddm(
                 syn = set_tamper(cid, syn)
             result.clients[cid] = set_metrics(syn, len(part), seconds)
             up += result.clients[cid]["bytes"]
-            try:
-                check_client_set(syn, info, max_ipc=max_ipc, max_bytes=max_bytes)
-            except SyntheticSetError as exc:
-                rejected[cid] = str(exc)
-                continue
             sets[cid] = syn
-        kept = sorted(sets)
-        if set_filter is not None and sets:
-            kept, filtered = set_filter(dict(sets))
-            kept = sorted(int(k) for k in kept)
-            rejected.update({int(k): str(v) for k, v in filtered.items()})
-        if not kept:
+        record = server.aggregate(rnd, sets)  # the server's round: the Flower app's too
+        rejected = refused | record.dropped
+        if record.accuracy is None:
             raise ConfigError(f"round {rnd}: every client's set was rejected: {rejected}")
-        t0 = time.perf_counter()
-        global_model = train_global(
-            [sets[k] for k in kept],
-            info,
-            cfg,
-            seed=seed + rnd - 1,
-            device=device,
-            init_model=global_model,
-            progress=progress,
-        )
-        result.server_seconds += time.perf_counter() - t0
-        acc = accuracy(global_model, test, device)
+        result.server_seconds += record.server_seconds
         result.bytes_up += up
         result.bytes_down += down
         result.history.append(
             {
                 "round": rnd,
-                "accuracy": acc,
+                "accuracy": record.accuracy,
                 "bytes_up": up,
                 "bytes_down": down,
                 "cum_bytes_up": result.bytes_up,
-                "kept": kept,
-                "rejected": {str(k): v for k, v in rejected.items()},
+                "kept": record.kept,
+                "rejected": {str(k): v for k, v in sorted(rejected.items())},
+                **({"sanitised": record.to_dict()["sanitised"]} if record.sanitised else {}),
                 **({"epsilon": spent} if spent else {}),
-                "wall_seconds": time.perf_counter()
-                - t_start,  # when this round's accuracy was known
+                "wall_seconds": time.perf_counter() - t_start,  # when this accuracy was known
             }
         )
-        log.info("feddm round %d/%d: accuracy %.4f, kept %s", rnd, rounds, acc, kept)
-        result.sets, result.kept, result.rejected = sets, kept, rejected
+        result.sets = server.checked
+        result.kept, result.rejected = record.kept, rejected
+        result.accuracies = record.accuracies
 
-    result.model = global_model
+    result.model = server.model
     result.accuracy = result.history[-1]["accuracy"]
-    result.accuracies = [result.accuracy]
-    if rounds == 1 and cfg.num_models > 1:
-        result.accuracies += fresh_model_accuracies(
-            [result.sets[k] for k in result.kept], info, test, cfg, seed, device
-        )
     result.wall_seconds = time.perf_counter() - t_start
     return result
 

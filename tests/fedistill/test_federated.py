@@ -86,7 +86,7 @@ def test_malicious_set_is_rejected_and_filter_is_applied(digits_train, digits_te
     assert seen == [0, 1, 2]
     assert res.kept == [0]
     assert "per class" in res.rejected[1]
-    assert res.rejected[2] == "filtered by the test"
+    assert res.rejected[2] == "filtered: filtered by the test"
     assert res.accuracy > 0.2  # still computed, from client 0's set alone
 
 
