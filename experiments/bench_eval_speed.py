@@ -1,0 +1,432 @@
+"""Evaluation throughput: the multi-model trainer against the reference's one-model-at-a-time loop.
+
+At the evaluation protocol's settings (ConvNet-128-3 instance norm, an IPC-10 set drawn at random
+from the training split, SGD lr 0.01 / momentum 0.9 / weight decay 5e-4, batch 256, lr ÷10 at
+half the epochs, DSA on, torch with ``--threads`` threads) this times, in one process and
+interleaved round by round after a warm-up of each:
+
+* ``ours-M{1,4,16}``: :func:`fedistill.trainer.train_many` training M models at once (M seeds,
+  each its own init, batch order and augmentation draws; one single-threaded worker per thread;
+  batches in chunks of :func:`fedistill.trainer.auto_chunk` images, as ``evaluate`` runs it);
+* ``reference``: a re-creation of the reference's ``evaluate_synset`` (``utils.py`` of
+  VICO-UoE/DatasetCondensation) run for ``--reference-models`` models one after another: a
+  ``DataLoader`` over a ``TensorDataset`` (shuffle, batch 256), its ``DiffAugment`` with
+  ``seed=-1`` (per-sample draws from the global RNG, affine matrices built in Python), the
+  per-batch NumPy accuracy and ``loss.item()``, ``Epoch + 1`` epochs with a fresh optimizer at the
+  lr drop — on the official network (:class:`experiments.dm_reference.OfficialConvNet`; the same
+  architecture as ``ConvNet(geometry="reference")``).
+
+For each it reports models × epochs per second (the reference counted with the epochs it really
+runs, ``Epoch + 1``), achieved GFLOP/s (training FLOPs counted by ``torch.utils.flop_counter``
+on one step, times images × epochs), the same figure as a fraction of an fp32 matrix-multiply
+rate measured in the same rounds (``--threads`` threads, 1024² SGEMM), the process peak RSS after
+each one's warm-up (in the order M = 1, reference, M = 4, M = 16, so increases are attributable),
+the untimed test accuracy of the trained models, and the ratios ours / reference. Throughput
+figures from a shared machine are noisy; the ratios are interleaved so load hits all alike, and
+the JSON records the load average before and after.
+
+    python experiments/bench_eval_speed.py --epochs 4 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from _bench import DEFAULT_MNIST, RESULTS, command_line, machine, peak_rss_mib, write_json
+from dm_reference import OfficialConvNet
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from fedistill.augment import DSA, default_strategy
+from fedistill.data import LabeledImages, load_dataset
+from fedistill.distill import distill
+from fedistill.evaluate import EvalConfig, accuracy
+from fedistill.models import ConvNet
+from fedistill.trainer import auto_chunk, train_many
+
+TARGET_M16 = 2.5  # issue 17: ≥ 2.5× the re-created reference loop at M = 16, fp32
+
+
+# --------------------------------------------------------------------------- the reference
+
+
+class _Param:
+    """The reference's ``ParamDiffAug`` (``aug_mode='S'``)."""
+
+    prob_flip = 0.5
+    ratio_scale = 1.2
+    ratio_rotate = 15.0
+    ratio_crop_pad = 0.125
+    ratio_cutout = 0.5
+    brightness = 1.0
+    saturation = 2.0
+    contrast = 0.5
+
+
+def _scale(x: Tensor, p: _Param) -> Tensor:
+    r = p.ratio_scale
+    sx = torch.rand(x.shape[0]) * (r - 1.0 / r) + 1.0 / r
+    sy = torch.rand(x.shape[0]) * (r - 1.0 / r) + 1.0 / r
+    theta = [[[sx[i], 0, 0], [0, sy[i], 0]] for i in range(x.shape[0])]
+    theta = torch.tensor(theta, dtype=torch.float)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
+    return F.grid_sample(x, grid, align_corners=True)
+
+
+def _rotate(x: Tensor, p: _Param) -> Tensor:
+    t = (torch.rand(x.shape[0]) - 0.5) * 2 * p.ratio_rotate / 180 * float(np.pi)
+    theta = [
+        [[torch.cos(t[i]), torch.sin(-t[i]), 0], [torch.sin(t[i]), torch.cos(t[i]), 0]]
+        for i in range(x.shape[0])
+    ]
+    theta = torch.tensor(theta, dtype=torch.float)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
+    return F.grid_sample(x, grid, align_corners=True)
+
+
+def _flip(x: Tensor, p: _Param) -> Tensor:
+    return torch.where(torch.rand(x.size(0), 1, 1, 1) < p.prob_flip, x.flip(3), x)
+
+
+def _brightness(x: Tensor, p: _Param) -> Tensor:
+    return x + (torch.rand(x.size(0), 1, 1, 1, dtype=x.dtype) - 0.5) * p.brightness
+
+
+def _saturation(x: Tensor, p: _Param) -> Tensor:
+    m = x.mean(dim=1, keepdim=True)
+    return (x - m) * (torch.rand(x.size(0), 1, 1, 1, dtype=x.dtype) * p.saturation) + m
+
+
+def _contrast(x: Tensor, p: _Param) -> Tensor:
+    m = x.mean(dim=[1, 2, 3], keepdim=True)
+    return (x - m) * (torch.rand(x.size(0), 1, 1, 1, dtype=x.dtype) + p.contrast) + m
+
+
+def _crop(x: Tensor, p: _Param) -> Tensor:
+    sx, sy = int(x.size(2) * p.ratio_crop_pad + 0.5), int(x.size(3) * p.ratio_crop_pad + 0.5)
+    tx = torch.randint(-sx, sx + 1, size=[x.size(0), 1, 1])
+    ty = torch.randint(-sy, sy + 1, size=[x.size(0), 1, 1])
+    gb, gx, gy = torch.meshgrid(
+        torch.arange(x.size(0)), torch.arange(x.size(2)), torch.arange(x.size(3)), indexing="ij"
+    )
+    gx = torch.clamp(gx + tx + 1, 0, x.size(2) + 1)
+    gy = torch.clamp(gy + ty + 1, 0, x.size(3) + 1)
+    xp = F.pad(x, [1, 1, 1, 1, 0, 0, 0, 0])
+    return xp.permute(0, 2, 3, 1).contiguous()[gb, gx, gy].permute(0, 3, 1, 2)
+
+
+def _cutout(x: Tensor, p: _Param) -> Tensor:
+    cs = int(x.size(2) * p.ratio_cutout + 0.5), int(x.size(3) * p.ratio_cutout + 0.5)
+    ox = torch.randint(0, x.size(2) + (1 - cs[0] % 2), size=[x.size(0), 1, 1])
+    oy = torch.randint(0, x.size(3) + (1 - cs[1] % 2), size=[x.size(0), 1, 1])
+    gb, gx, gy = torch.meshgrid(
+        torch.arange(x.size(0)), torch.arange(cs[0]), torch.arange(cs[1]), indexing="ij"
+    )
+    gx = torch.clamp(gx + ox - cs[0] // 2, min=0, max=x.size(2) - 1)
+    gy = torch.clamp(gy + oy - cs[1] // 2, min=0, max=x.size(3) - 1)
+    mask = torch.ones(x.size(0), x.size(2), x.size(3), dtype=x.dtype)
+    mask[gb, gx, gy] = 0
+    return x * mask.unsqueeze(1)
+
+
+_AUGMENT_FNS = {
+    "color": [_brightness, _saturation, _contrast],
+    "crop": [_crop],
+    "cutout": [_cutout],
+    "flip": [_flip],
+    "scale": [_scale],
+    "rotate": [_rotate],
+}
+
+
+def reference_diff_augment(x: Tensor, strategy: str, p: _Param) -> Tensor:
+    """``DiffAugment(x, strategy, seed=-1, param)``: one op per call, per-sample draws."""
+    ops = strategy.split("_")
+    op = ops[torch.randint(0, len(ops), size=(1,)).item()]
+    for f in _AUGMENT_FNS[op]:
+        x = f(x, p)
+    # the reference's x.contiguous(); a permuted 1-channel tensor counts as contiguous but would
+    # send the network channels-last (and break the official network's .view), so force NCHW
+    return x.clone(memory_format=torch.contiguous_format)
+
+
+def _reference_epoch(loader, net, optimizer, criterion, strategy, param, train: bool):
+    loss_avg, acc_avg, num_exp = 0.0, 0, 0
+    net.train() if train else net.eval()
+    for datum in loader:
+        img = datum[0].float()
+        if train:
+            img = reference_diff_augment(img, strategy, param)
+        lab = datum[1].long()
+        n_b = lab.shape[0]
+        output = net(img)
+        loss = criterion(output, lab)
+        acc = np.sum(np.equal(np.argmax(output.cpu().data.numpy(), axis=-1), lab.cpu().numpy()))
+        loss_avg += loss.item() * n_b
+        acc_avg += acc
+        num_exp += n_b
+        if train:
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return loss_avg / num_exp, acc_avg / num_exp
+
+
+def reference_train(net: nn.Module, images: Tensor, labels: Tensor, epochs: int, strategy: str):
+    """The training part of the reference's ``evaluate_synset`` (it runs ``epochs + 1``)."""
+    lr = 0.01
+    lr_schedule = [epochs // 2 + 1]
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=0.0005)
+    criterion = nn.CrossEntropyLoss()
+    loader = DataLoader(TensorDataset(images, labels), batch_size=256, shuffle=True, num_workers=0)
+    param = _Param()
+    for ep in range(epochs + 1):
+        _reference_epoch(loader, net, optimizer, criterion, strategy, param, train=True)
+        if ep in lr_schedule:
+            lr *= 0.1
+            optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=0.0005)
+    return net
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def reference_net(info, width: int, depth: int) -> nn.Module:
+    size = (info.height, info.width)
+    if size == (28, 28):
+        return OfficialConvNet(info.channels, info.num_classes, size, width, depth)
+    # the official network pads a 1-channel input by 3 whatever its size; on 8×8 digits ours
+    # (same layers, padding 1) keeps the two sides on one architecture
+    return ConvNet(info.channels, info.num_classes, size, width, depth, geometry="reference")
+
+
+def our_net(info, width: int, depth: int) -> nn.Module:
+    return ConvNet(
+        info.channels, info.num_classes, (info.height, info.width), width, depth, "instance",
+        geometry="reference",
+    )  # fmt: skip
+
+
+def train_flops_per_image(net: nn.Module, x: Tensor, y: Tensor) -> float:
+    """FLOPs of one training step's forward and backward, per image."""
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(net(x), y).backward()
+    net.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(x)
+
+
+def sgemm_gflops(n: int = 1024, reps: int = 8) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def run_dataset(name: str, train: LabeledImages, test: LabeledImages, args) -> dict:
+    info = train.info
+    syn = distill("random", train, args.ipc, seed=args.seed)
+    x, y = syn.images, syn.labels
+    strategy = default_strategy(info)
+    augment = DSA(strategy)
+    cfg = EvalConfig(epochs=args.epochs, batch_size=256)
+    flops_img = train_flops_per_image(our_net(info, args.width, args.depth), x[:8], y[:8])
+    test_cut = LabeledImages(test.images[: args.test_size], test.labels[: args.test_size], info)
+
+    trained: dict[str, list[nn.Module]] = {}
+
+    def ours(m: int) -> Callable[[int], float]:
+        def run(r: int) -> float:
+            models, gens = [], []
+            for k in range(m):
+                s = args.seed * 1000 + 100 * r + k
+                torch.manual_seed(s)
+                gens.append(torch.Generator().manual_seed(s))
+                models.append(our_net(info, args.width, args.depth))
+            t0 = time.perf_counter()
+            chunk = None if args.no_chunk else auto_chunk(models[0])
+            trained[f"ours-M{m}"] = train_many(
+                models, x, y, cfg, gens, augment=augment, chunk=chunk
+            )
+            return time.perf_counter() - t0
+
+        return run
+
+    def reference(r: int) -> float:
+        torch.manual_seed(args.seed * 1000 + 100 * r)
+        nets = [reference_net(info, args.width, args.depth) for _ in range(args.reference_models)]
+        t0 = time.perf_counter()
+        for net in nets:
+            reference_train(net, x, y, args.epochs, strategy)
+        trained["reference"] = nets
+        return time.perf_counter() - t0
+
+    runners: dict[str, tuple[Callable[[int], float], int, int]] = {}  # fn, models, epochs run
+    rss: dict[str, float] = {}
+    order = [("ours-M1", 1), ("reference", 0)] + [(f"ours-M{m}", m) for m in args.models if m > 1]
+    for key, m in order:
+        if key == "reference":
+            runners[key] = (reference, args.reference_models, args.epochs + 1)
+        elif m in args.models:
+            runners[key] = (ours(m), m, args.epochs)
+        else:
+            continue
+        runners[key][0](-1)  # warm-up
+        rss[key] = peak_rss_mib()
+    seconds: dict[str, list[float]] = {k: [] for k in runners}
+    sgemm: list[float] = []
+    for r in range(args.rounds):
+        sgemm.append(sgemm_gflops())
+        for key, (fn, _, _) in runners.items():
+            seconds[key].append(fn(r))
+        sgemm.append(sgemm_gflops())
+        print(
+            f"[{name}] round {r + 1}/{args.rounds}: "
+            + "  ".join(f"{k} {v[-1]:.1f}s" for k, v in seconds.items()),
+            flush=True,
+        )
+    peak = statistics.median(sgemm)
+    results = {}
+    for key, (_, m, epochs_run) in runners.items():
+        med = statistics.median(seconds[key])
+        rate = m * epochs_run / med
+        gflops = rate * len(x) * flops_img / 1e9
+        accs = [accuracy(net, test_cut) for net in trained[key]]
+        results[key] = {
+            "models": m,
+            "epochs_run_per_model": epochs_run,
+            "seconds": seconds[key],
+            "median_seconds": med,
+            "model_epochs_per_second": rate,
+            "achieved_gflops": gflops,
+            "fraction_of_sgemm_rate": gflops / peak,
+            "peak_rss_mib_after_warmup": rss[key],
+            "test_accuracy_last_round": accs,
+        }
+    ref = results["reference"]["model_epochs_per_second"]
+    ratios = {k: v["model_epochs_per_second"] / ref for k, v in results.items() if k != "reference"}
+    return {
+        "train_images": len(train),
+        "image_shape": list(info.shape),
+        "synthetic_images": len(x),
+        "dsa_strategy": strategy,
+        "train_gflop_per_image_step": flops_img / 1e9,
+        "sgemm_gflops_median": peak,
+        "sgemm_gflops": sgemm,
+        "test_images": len(test_cut),
+        "results": results,
+        "throughput_ratio_ours_over_reference": ratios,
+        "target_m16": TARGET_M16,
+        "target_m16_met": ratios.get("ours-M16", 0.0) >= TARGET_M16 if 16 in args.models else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", type=Path, default=DEFAULT_MNIST)
+    p.add_argument("--datasets", default="digits,mnist", help="comma-separated: digits, mnist")
+    p.add_argument("--epochs", type=int, default=4, help="per model (the reference runs + 1)")
+    p.add_argument("--rounds", type=int, default=2, help="timed interleaved rounds")
+    p.add_argument("--models", default="1,4,16", help="our M values")
+    p.add_argument("--reference-models", type=int, default=2, help="reference models per round")
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--test-size", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-chunk", action="store_true", help="ours on whole batches")
+    p.add_argument("--out", type=Path, default=RESULTS / "bench_eval_speed.json")
+    args = p.parse_args(argv)
+    args.models = [int(m) for m in args.models.split(",") if m]
+    command = command_line()
+
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    t_start = time.perf_counter()
+    datasets = {}
+    for name in [d for d in args.datasets.split(",") if d]:
+        if name == "digits":
+            train, test = load_dataset("digits", train=True), load_dataset("digits", train=False)
+        elif name == "mnist":
+            if not (args.data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+                print(f"[mnist] skipped: no MNIST subset under {args.data_root}")
+                continue
+            train = load_dataset("mnist", args.data_root, train=True)
+            test = load_dataset("mnist", args.data_root, train=False)
+        else:
+            p.error(f"unknown dataset {name}")
+        datasets[name] = run_dataset(name, train, test, args)
+    out = {
+        "benchmark": "evaluation throughput: multi-model trainer vs the reference evaluate_synset",
+        "command": command,
+        "settings": {
+            "model": f"ConvNet-{args.width}-{args.depth}, instance norm, reference geometry",
+            "ipc": args.ipc,
+            "set": "random real images (distill('random'))",
+            "epochs": args.epochs,
+            "rounds": args.rounds,
+            "our_models": args.models,
+            "reference_models_per_round": args.reference_models,
+            "batch_size": 256,
+            "dsa": True,
+            "threads": args.threads,
+            "interleaved": True,
+            "precision": "fp32",
+            "our_chunk": "whole batches" if args.no_chunk else "auto_chunk (evaluate's default)",
+        },
+        "machine": machine() | {"cpu_model": cpu_name()},
+        "shared_machine": True,
+        "note": (
+            "measured on a machine shared with other jobs (see load_average): absolute rates "
+            "are depressed and noisy; the ratios come from interleaved rounds in one process"
+        ),
+        "datasets": datasets,
+        "peak_rss_mib_end": peak_rss_mib(),
+        "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+    write_json(args.out, out)
+    print(f"\ncommand: {command}")
+    for name, d in datasets.items():
+        for k, v in d["results"].items():
+            print(
+                f"[{name}] {k:>10}: {v['model_epochs_per_second']:.2f} model-epochs/s, "
+                f"{v['achieved_gflops']:.1f} GFLOP/s ({100 * v['fraction_of_sgemm_rate']:.0f}% "
+                f"of SGEMM {d['sgemm_gflops_median']:.0f}), acc "
+                f"{statistics.fmean(v['test_accuracy_last_round']):.3f}"
+            )
+        ratio = ", ".join(
+            f"{k} {v:.2f}x" for k, v in d["throughput_ratio_ours_over_reference"].items()
+        )
+        print(f"[{name}] ours / reference: {ratio}; target M16 >= {TARGET_M16}x met: "
+              f"{d['target_m16_met']}")  # fmt: skip
+    print(f"load: {out['load_average']}  wrote {args.out}")
+    return 0 if math.isfinite(out["wall_seconds"]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
