@@ -27,7 +27,7 @@ from fedistill.data import DatasetInfo, LabeledImages, dataset_info
 from fedistill.errors import ConfigError
 from fedistill.models import build_model
 from fedistill.synthetic import SyntheticSet
-from fedistill.trainer import auto_chunk, loss_for, map_models, train_classifier
+from fedistill.trainer import PRECISIONS, auto_chunk, loss_for, map_models, train_classifier
 
 __all__ = [
     "EvalConfig",
@@ -60,6 +60,8 @@ class EvalConfig:
     # images per forward/backward chunk (gradients accumulated; equal up to float rounding);
     # None: fedistill.trainer.auto_chunk's pick for the model, 0: whole batches
     chunk: int | None = None
+    # "bf16": forward under bfloat16 autocast (opt-in, not equal to fp32; see fedistill.trainer)
+    precision: str = "fp32"
 
     def validate(self) -> None:
         if self.epochs < 1 or self.num_models < 1 or self.batch_size < 1:
@@ -68,6 +70,10 @@ class EvalConfig:
             raise ConfigError("workers must be ≥ 1 (or None for one per thread)")
         if self.chunk is not None and self.chunk < 0:
             raise ConfigError("chunk must be ≥ 0 (0: whole batches; None: automatic)")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"unknown precision '{self.precision}'; choose one of {', '.join(PRECISIONS)}"
+            )
 
 
 @dataclass
@@ -143,6 +149,7 @@ def evaluate_arrays(
             device=device,
             generator=gens[m],
             chunk=auto_chunk(models[m]) if cfg.chunk is None else (cfg.chunk or None),
+            precision=cfg.precision,
         )
         acc = accuracy(model, test, device)
         log.info("model %d/%d: test accuracy %.4f", m + 1, cfg.num_models, acc)

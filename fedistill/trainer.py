@@ -24,6 +24,12 @@ stay in the core's cache — measured here (1 thread per model, ConvNet-128-3 on
 images, reference geometry) a step takes about half the time in chunks of 10 as in one piece.
 :func:`auto_chunk` picks a chunk for a ConvNet from a cache budget for its first activation.
 
+**bf16 (opt-in).** ``precision="bf16"`` runs each forward (and so its backward) under
+``torch.autocast`` with bfloat16 — convolutions and the linear layer in bf16 on CPUs with bf16
+matrix units (AMX, AVX-512 BF16), parameters, optimiser state and the loss in float32. It is not
+equal to the fp32 trajectory; ``experiments/bench_eval_speed.py`` states its speed and its
+effect on accuracy.
+
 A model's result does not depend on ``workers`` (≥ 2) or on which worker trained it; against a
 run on the caller's thread with several intra-op threads it differs by float rounding only.
 """
@@ -43,6 +49,7 @@ from fedistill.progress import progress_bar
 
 # Bytes of a ConvNet's first-block activation per chunk that :func:`auto_chunk` aims for.
 CHUNK_BUDGET_BYTES = 5 * 2**20
+PRECISIONS = ("fp32", "bf16")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -99,13 +106,18 @@ def train_classifier(
     generator: torch.Generator | None = None,
     progress: bool = False,
     chunk: int | None = None,
+    precision: str = "fp32",
 ) -> nn.Module:
     """Train ``model`` on (images, labels) with the protocol's SGD schedule.
 
     ``chunk``: push each batch through forward and backward ``chunk`` images at a time,
     accumulating the gradient (see the module docstring); ``None`` or a model with batch norm:
-    whole batches."""
+    whole batches. ``precision``: ``"fp32"``, or ``"bf16"`` (autocast; see the module docstring).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     device = torch.device(device)
+    cast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     model.to(device).train()
     x, y = images.to(device), labels.to(device)
     opt = torch.optim.SGD(
@@ -127,12 +139,14 @@ def train_classifier(
                 yb = y[idx]
                 opt.zero_grad(set_to_none=True)
                 if chunk is None or chunk >= len(idx):
-                    loss = criterion(model(xb), yb)
+                    with cast:
+                        loss = criterion(model(xb), yb).float()
                     loss.backward()
                 else:
                     loss = torch.zeros((), device=device)
                     for s in range(0, len(idx), chunk):
-                        part = criterion(model(xb[s : s + chunk]), yb[s : s + chunk])
+                        with cast:
+                            part = criterion(model(xb[s : s + chunk]), yb[s : s + chunk]).float()
                         part = part * (min(chunk, len(idx) - s) / len(idx))
                         part.backward()
                         loss = loss + part.detach()
@@ -209,6 +223,7 @@ def train_many(
     workers: int | None = None,
     progress: bool = False,
     chunk: int | None = None,
+    precision: str = "fp32",
 ) -> list[nn.Module]:
     """Train every model of ``models`` on (images, labels), model ``i`` drawing its batch order
     and augmentation from ``generators[i]``; concurrently (see the module docstring).
@@ -229,6 +244,7 @@ def train_many(
             device=device,
             generator=generators[i],
             chunk=chunk,
+            precision=precision,
         )
 
     return map_models(

@@ -108,3 +108,20 @@ def test_chunked_batches_give_the_same_training_up_to_rounding():
     assert auto_chunk(mnist) == 10  # 5 MiB of 128 × 32 × 32 float maps
     assert auto_chunk(build_model("convnet", MNIST_INFO, norm="batch")) is None
     assert auto_chunk(build_model("mlp", MNIST_INFO)) is None
+
+
+def test_bf16_is_opt_in_and_still_learns(digits_train, digits_test):
+    from fedistill.errors import ConfigError
+
+    x, y = digits_train.images, digits_train.labels
+    cfg = dict(epochs=10, num_models=2, batch_size=32, model_kwargs={"width": 32}, dsa=False)
+    fp32 = evaluate_arrays(x, y, DIGITS_INFO, digits_test, EvalConfig(**cfg), seed=1)
+    bf16 = evaluate_arrays(
+        x, y, DIGITS_INFO, digits_test, EvalConfig(**cfg, precision="bf16"), seed=1
+    )
+    assert bf16.config["precision"] == "bf16" and fp32.config["precision"] == "fp32"
+    assert fp32.mean > 0.8 and bf16.mean > 0.8 and abs(bf16.mean - fp32.mean) < 0.05
+    with pytest.raises(ConfigError, match="precision"):
+        EvalConfig(precision="fp8").validate()
+    with pytest.raises(ValueError, match="precision"):
+        train_classifier(torch.nn.Linear(1, 1), x, y, CFG, precision="fp16")
