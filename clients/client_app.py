@@ -20,7 +20,8 @@ after the first refuses rather than start a fresh budget.
 ``malicious`` in the run config is a test hook: ``"1:nan,2:shape"`` makes partition 1 reply
 with NaN images and partition 2 with a wrong image shape. Kinds: ``nan``, ``shape``,
 ``dtype``, ``labels`` (out of range), ``perclass`` (too many images per class), ``oversize``
-(over the byte cap), ``missing`` (no ``y``), ``raise`` (an exception in the client).
+(over the byte cap), ``missing`` (no ``y``), ``scale`` (finite images × 1e30), ``raise`` (an
+exception in the client).
 """
 
 from __future__ import annotations
@@ -165,7 +166,17 @@ def _metric_record(metrics: dict, pid: int) -> MetricRecord:
 
 # --------------------------------------------------------------------------- test hook
 
-MALICIOUS_KINDS = ("nan", "shape", "dtype", "labels", "perclass", "oversize", "missing", "raise")
+MALICIOUS_KINDS = (
+    "nan",
+    "shape",
+    "dtype",
+    "labels",
+    "perclass",
+    "oversize",
+    "missing",
+    "scale",
+    "raise",
+)
 
 
 def _malicious_kind(spec: str, pid: int) -> str | None:
@@ -195,6 +206,8 @@ def tamper(content: RecordDict, kind: str, s: RunSettings) -> RecordDict:
         arrays[xk] = np.ascontiguousarray(x[..., :-1]) if x.ndim else x
     elif kind == "dtype":
         arrays[xk] = x.astype(np.float64)
+    elif kind == "scale":  # finite, well-formed, and absurd: only the plausible range refuses it
+        arrays[xk] = (x * np.float32(1e30)).astype(x.dtype)
     elif kind == "labels" and key == SYNTHETIC_KEY:
         arrays["y"] = arrays["y"] + 1000
     elif kind == "perclass" and key == SYNTHETIC_KEY:

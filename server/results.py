@@ -58,6 +58,7 @@ class Section:
             "bytes_down": int(bytes_down),
             "cum_bytes_up": d["bytes_up"] + int(bytes_up),
             "server_seconds": server_seconds,
+            "wall_seconds": time.perf_counter() - self._t0,  # when this round's accuracy was known
             "client_seconds_max": max(seconds, default=0.0),
             "clients": {str(k): v for k, v in clients.items()},
             "dropped": [dict(x, round=rnd) for x in dropped],

@@ -22,14 +22,15 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from torch import nn
 
 from fedistill.data import DatasetInfo, LabeledImages
+from fedistill.engine import FedDMServer, FederationConfig
 from fedistill.errors import ConfigError
 from fedistill.evaluate import accuracy
-from fedistill.federated import fedavg_weights, fresh_model_accuracies, train_global
+from fedistill.federated import fedavg_weights
 from fedistill.synthetic import SyntheticSet
 from fedistill.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, RunSettings, new_model
 from server.records import model_to_record, record_to_model
 from server.results import Section
-from server.validate import ReplyError, validate_synthetic_reply, validate_update_reply
+from server.validate import ReplyError, decode_synthetic_reply, validate_update_reply
 
 log = logging.getLogger("flwr.fedistill.server")
 
@@ -123,15 +124,28 @@ def run_feddm(
     robust: bool = False,
     sanitise: bool = False,
 ) -> FedDMOutcome:
-    """FedDM rounds: send (config, global model), validate the sets, filter, pool, train.
+    """FedDM rounds over Flower: send (config, global model), decode the replies, and hand the
+    sets to the library's engine (:class:`fedistill.engine.FedDMServer`: check, filter,
+    sanitise, pool, train, evaluate) — the same round the in-process simulation runs.
 
     With ``robust`` the sets pass :func:`fedistill.robust.filter_sets`; with ``sanitise`` too,
     the kept sets then lose the images the other clients' models outvote
     (:func:`fedistill.robust.sanitise_sets`; the counts go to the round's ``sanitised``)."""
     info: DatasetInfo = test.info
-    cfg = s.eval_config()
-    filter_sets = _robust_filter() if robust else None
-    model: nn.Module | None = None
+    server = FedDMServer(
+        info,
+        test,
+        FederationConfig(
+            eval=s.eval_config(),
+            rounds=s.rounds,
+            max_ipc=s.ipc_cap,
+            max_bytes=s.max_bytes,
+            seed=s.seed,
+            device=s.device,
+        ),
+        set_filter=_round_filter(info, s) if robust else None,
+        sanitiser=_round_sanitiser(info, s) if robust and sanitise else None,
+    )
     outcome = FedDMOutcome(None, None)
     for rnd in range(1, s.rounds + 1):
         nodes = wait_for_nodes(grid, s.min_nodes, s.node_wait)
@@ -141,8 +155,8 @@ def run_feddm(
         content = RecordDict(
             {CONFIG_KEY: ConfigRecord({"strategy": s.strategy, "server-round": rnd})}
         )
-        if model is not None:
-            content[ARRAYS_KEY] = model_to_record(model)
+        if server.model is not None:
+            content[ARRAYS_KEY] = model_to_record(server.model)
         down = content_bytes(content) * len(nodes)
         messages = [
             Message(content, dst_node_id=n, message_type=MessageType.TRAIN, group_id=str(rnd))
@@ -160,6 +174,7 @@ def run_feddm(
             time.perf_counter() - t_send,
         )
 
+        # the transport: what never became a set is dropped here, with the message's reason
         sets: dict[int, SyntheticSet] = {}
         clients: dict[int, dict[str, Any]] = {}
         dropped: list[dict[str, Any]] = []
@@ -174,7 +189,7 @@ def run_feddm(
                 continue
             up += content_bytes(msg.content)
             try:
-                valid = validate_synthetic_reply(
+                valid = decode_synthetic_reply(
                     msg.content, info, max_ipc=s.ipc_cap, max_bytes=s.max_bytes
                 )
             except ReplyError as exc:
@@ -185,96 +200,50 @@ def run_feddm(
                 valid.metrics, bytes=valid.payload_bytes, client_reported=valid.client_reported
             )
 
-        kept = sorted(sets)
-        if filter_sets is not None and sets:
-            kept, rejected = filter_sets(dict(sets), info, seed=s.seed + rnd - 1, device=s.device)
-            kept = sorted(int(k) for k in kept)
-            for node, reason in sorted(rejected.items()):
-                row = _drop(int(node), f"filtered: {reason}")
-                row.update(
-                    {k: v for k, v in clients.get(int(node), {}).items() if k == "partition_id"}
-                )
-                dropped.append(row)
-        if robust and sanitise and kept:
-            from fedistill.robust import sanitise_sets
-
-            cleaned, removed = sanitise_sets(
-                {k: sets[k] for k in kept}, info, seed=s.seed + rnd - 1, device=s.device
-            )
-            sets.update(cleaned)
-            for node in [k for k in kept if k not in cleaned]:
-                dropped.append(_drop(node, "sanitised: every image was outvoted"))
-            kept = sorted(cleaned)
-            extra_sanitised = {str(k): v for k, v in removed.items()}
-        else:
-            extra_sanitised = None
-
-        acc, seconds, extra = None, 0.0, {}
-        if extra_sanitised is not None:
-            extra["sanitised"] = extra_sanitised
-        if kept:
-            log.info(
-                "[FedDM round %d] training the global model on %d images from %d clients "
-                "(%d epochs)",
-                rnd,
-                sum(len(sets[k]) for k in kept),
-                len(kept),
-                cfg.epochs,
-            )
-            t0 = time.perf_counter()
-            model = train_global(
-                [sets[k] for k in kept],
-                info,
-                cfg,
-                seed=s.seed + rnd - 1,
-                device=s.device,
-                init_model=model,
-            )
-            seconds = time.perf_counter() - t0
-            acc = accuracy(model, test, s.device)
-            outcome.pool = SyntheticSet.concat([sets[k] for k in kept])
-            log.info(
-                "[FedDM round %d] %d sets kept, %d dropped: test accuracy %.4f",
-                rnd,
-                len(kept),
-                len(dropped),
-                acc,
-            )
-        else:
-            log.warning("[FedDM round %d] no usable set: the global model is unchanged", rnd)
-        if acc is not None and rnd == s.rounds and cfg.num_models > 1 and s.rounds == 1:
-            more = fresh_model_accuracies(
-                [sets[k] for k in kept], info, test, cfg, s.seed, s.device
-            )
-            extra["accuracies"] = [acc, *more]
-            section.set(accuracies=[acc, *more])
-        elif acc is not None:
-            section.set(accuracies=[acc])
+        record = server.aggregate(rnd, sets)  # the library's round, as in-process
+        for node, reason in record.dropped.items():
+            row = _drop(node, reason)
+            if "partition_id" in clients.get(node, {}):
+                row["partition_id"] = clients[node]["partition_id"]
+            if reason.startswith("invalid set: "):
+                clients.pop(node, None)  # refused: not a participant of the round
+            dropped.append(row)
+        extra: dict[str, Any] = {}
+        if record.sanitised is not None:
+            extra["sanitised"] = {str(k): v for k, v in record.sanitised.items()}
+        if record.accuracy is not None:
+            outcome.pool = SyntheticSet.concat([server.sets[k] for k in record.kept])
+            section.set(accuracies=record.accuracies)
+            if len(record.accuracies) > 1:
+                extra["accuracies"] = record.accuracies
         section.add_round(
             rnd,
-            accuracy=acc,
+            accuracy=record.accuracy,
             bytes_up=up,
             bytes_down=down,
             clients=clients,
             dropped=dropped,
-            kept=kept,
-            server_seconds=seconds,
+            kept=record.kept,
+            server_seconds=record.server_seconds,
             extra=extra,
         )
-        outcome.sets = {k: sets[k] for k in kept}
-    outcome.model = model
+        outcome.sets = {k: server.sets[k] for k in record.kept}
+    outcome.model = server.model
     return outcome
 
 
-def _robust_filter():
-    try:
-        from fedistill.robust import filter_sets
-    except ImportError as exc:
-        raise ConfigError(
-            "strategy 'feddm-robust' needs fedistill.robust.filter_sets, which is not "
-            f"available ({exc})"
-        ) from None
-    return filter_sets
+def _round_filter(info: DatasetInfo, s: RunSettings):
+    """The robust filter for the engine: round ``r`` scores with seed ``seed + r - 1``."""
+    from fedistill.robust import filter_sets
+
+    return lambda sets, rnd: filter_sets(sets, info, seed=s.seed + rnd - 1, device=s.device)
+
+
+def _round_sanitiser(info: DatasetInfo, s: RunSettings):
+    """The per-image sanitiser for the engine, seeded like the filter."""
+    from fedistill.robust import sanitise_sets
+
+    return lambda sets, rnd: sanitise_sets(sets, info, seed=s.seed + rnd - 1, device=s.device)
 
 
 # --------------------------------------------------------------------------- FedAvg

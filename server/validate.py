@@ -143,7 +143,27 @@ def validate_synthetic_reply(
     max_ipc: int,
     max_bytes: int,
 ) -> ValidReply:
-    """The set in a FedDM reply, or ReplyError with the reason it is refused."""
+    """The set in a FedDM reply, decoded and accepted, or ReplyError with the reason it is
+    refused: :func:`decode_synthetic_reply`, then the engine's acceptance test
+    (:func:`fedistill.federated.check_client_set`), which the ServerApp leaves to the engine."""
+    valid = decode_synthetic_reply(content, info, max_ipc=max_ipc, max_bytes=max_bytes)
+    try:
+        check_client_set(valid.syn, info, max_ipc=max_ipc, max_bytes=max_bytes)
+    except FedistillError as exc:
+        raise ReplyError(str(exc)) from None
+    return valid
+
+
+def decode_synthetic_reply(
+    content: RecordDict,
+    info: DatasetInfo,
+    *,
+    max_ipc: int,
+    max_bytes: int,
+) -> ValidReply:
+    """The set in a FedDM reply as a SyntheticSet, or ReplyError: record layout, sizes, dtypes
+    and shapes before any byte is decoded, the client-reported figures, then the set format's
+    own validation. Whether the server accepts the set is the engine's call."""
     if SYNTHETIC_KEY not in content.array_records:
         raise ReplyError(f"no '{SYNTHETIC_KEY}' array record in the reply")
     record = content.array_records[SYNTHETIC_KEY]
@@ -172,7 +192,6 @@ def validate_synthetic_reply(
     meta = _meta(content, info, y)
     try:
         syn = SyntheticSet.from_arrays(x, y, meta)
-        check_client_set(syn, info, max_ipc=max_ipc, max_bytes=max_bytes)
     except FedistillError as exc:
         raise ReplyError(str(exc)) from None
     metrics = reply_metrics(content)

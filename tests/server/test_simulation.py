@@ -343,3 +343,40 @@ def test_run_takes_the_apps_the_project_names(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
     with pytest.raises(RunError, match=r"no \[tool.flwr.app\] table"):
         app_components(tmp_path)
+
+
+def test_the_app_and_the_simulation_run_one_engine(tmp_path, digits_train):
+    """The same four clients' sets (partition 3 scaled by 1e30: finite, well-formed, absurd)
+    through the Flower path (run_feddm over the ClientApp) and the in-process simulation: the
+    same global accuracy, the same kept clients, the same reason for the dropped one."""
+    import torch
+
+    from fedistill.federated import simulate_feddm
+    from fedistill.synthetic import SyntheticSet
+
+    s, grid, results, test = setup(tmp_path, 4, malicious="3:scale")
+    outcome = run_feddm(grid, s, test, results.main)
+    flower = results.main.data["rounds"][-1]
+
+    def scale(cid: int, syn: SyntheticSet) -> SyntheticSet:
+        return syn if cid != 3 else SyntheticSet(syn.images * 1e30, syn.labels, dict(syn.meta))
+
+    sim = simulate_feddm(
+        load_split(s.dataset, s.data_root, True),
+        test,
+        num_clients=4,
+        partitioner=s.partitioner,
+        alpha=s.alpha,
+        method=s.method,
+        ipc=s.ipc,
+        eval_cfg=s.eval_config(),
+        seed=s.seed,
+        set_tamper=scale,
+    )
+    assert flower["kept"] == [1000, 1001, 1002] and sim.kept == [0, 1, 2]
+    assert flower["accuracy"] == sim.accuracy > CHANCE + 0.3
+    (drop,) = flower["dropped"]
+    assert drop["node_id"] == 1003 and drop["partition_id"] == 3
+    assert drop["reason"] == sim.rejected[3] and "plausible range" in drop["reason"]
+    for a, b in zip(outcome.model.parameters(), sim.model.parameters(), strict=True):
+        assert torch.equal(a, b)  # the same global model, bit for bit
