@@ -9,7 +9,9 @@ KIP regression targets with mean squared error.
 The models train concurrently (:func:`fedistill.trainer.map_models`: one single-threaded worker
 per intra-op thread), each exactly as it would alone up to float rounding: model ``m`` of seed
 ``s`` is initialised under ``torch.manual_seed(1000·s + m)`` and draws its batch order and
-augmentation from its own generator seeded the same way, whatever ``workers`` is.
+augmentation from its own generator seeded the same way, whatever ``workers`` is. A ConvNet's
+batches go through forward/backward in cache-sized chunks (``EvalConfig.chunk``; the same step up
+to float rounding). ``EvalConfig.precision="bf16"`` is an opt-in, not-equal, faster path.
 """
 
 from __future__ import annotations
