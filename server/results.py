@@ -244,15 +244,22 @@ def format_table(data: dict[str, Any]) -> str:
         f"{'client':>8} {'partition':>9} {'examples*':>9} {'ε*':>8} {'bytes up':>10} "
         f"{'seconds*':>8}"
     )
+    replayable = False
     for node, m in sorted(data["clients"].items(), key=lambda kv: kv[1].get("partition_id", 0)):
         eps = m.get("epsilon")
+        eps_text = f"{eps:.3g}" if eps is not None else "∞ (none)"
+        if eps is not None and m.get("noise_secure") == 0:
+            eps_text, replayable = eps_text + " !", True
         lines.append(
             f"{str(node)[-8:]:>8} {int(m.get('partition_id', -1)):>9} "
-            f"{int(m.get('num_examples', 0)):>9} "
-            f"{(f'{eps:.3g}' if eps is not None else '∞ (none)'):>8} "
+            f"{int(m.get('num_examples', 0)):>9} {eps_text:>8} "
             f"{_fmt_bytes(m.get('bytes', 0)):>10} {m.get('seconds', 0.0):>8.1f}"
         )
     lines.append("  * client-reported: checked for validity, not verified by the server")
+    if replayable:
+        lines.append(
+            "  ! DP noise replayable from the seed (secure_noise=False): ε is no guarantee"
+        )
     for d in data["dropped"]:
         lines.append(
             f"  dropped: node {d.get('node_id')} (partition {d.get('partition_id', '?')}) in "

@@ -40,7 +40,17 @@ from fedistill.synthetic import SyntheticSet
 from fedistill.wire import METRICS_KEY, PROVENANCE_KEY, SYNTHETIC_KEY
 
 MAX_PROVENANCE_BYTES = 64 * 1024
-METRIC_KEYS = ("num-examples", "num-synthetic", "seconds", "bytes", "epsilon", "delta", "rho")
+METRIC_KEYS = (
+    "num-examples",
+    "num-synthetic",
+    "seconds",
+    "bytes",
+    "epsilon",
+    "delta",
+    "rho",
+    "noise-secure",  # 1: the DP noise came from a secure source; 0: replayable, no guarantee
+    "private-steps",
+)
 
 
 class ReplyError(FedistillError, ValueError):
@@ -85,7 +95,7 @@ MAX_COUNT = 10**9  # examples, synthetic images, bytes, partition ids
 MAX_SECONDS = 7 * 24 * 3600.0  # one week of client work per round
 
 # What each reported metric must be; a reply breaking one is refused with the reason.
-_COUNT_KEYS = ("num-examples", "num-synthetic", "bytes", "partition-id")
+_COUNT_KEYS = ("num-examples", "num-synthetic", "bytes", "partition-id", "private-steps")
 
 
 def _check_metric(key: str, value: Any) -> str | None:
@@ -105,6 +115,8 @@ def _check_metric(key: str, value: Any) -> str | None:
             return f"metric 'delta' must lie in [0, 1), got {value}"
     elif key in ("epsilon", "rho") and value < 0:
         return f"metric '{key}' must be ≥ 0, got {value}"
+    elif key == "noise-secure" and value not in (0, 1):
+        return f"metric 'noise-secure' must be 0 or 1, got {value}"
     return None
 
 

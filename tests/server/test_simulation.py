@@ -304,9 +304,13 @@ def test_server_main_runs_feddm_then_the_baseline(tmp_path):
     assert (tmp_path / "main" / "accuracy_vs_bytes.png").is_file()
 
 
-def test_private_method_reports_epsilon_per_client(tmp_path):
-    """DP-PSG's ε (computed by its accountant) reaches the results and the table."""
+@pytest.mark.parametrize("secure", [True, False])
+def test_private_method_reports_epsilon_per_client(tmp_path, secure):
+    """DP-PSG's ε (computed by its accountant) reaches the results and the table; a client
+    whose noise is replayable from its seed is marked there as no guarantee."""
     options = "outer_loop=1,batch_loop=1,inner_loop=1,width=16"
+    if not secure:
+        options += ",secure_noise=false"
     s, grid, results, test = setup(
         tmp_path, 2, method="psg", iterations=1, ipc=2, **{"method-options": options}
     )
@@ -315,7 +319,10 @@ def test_private_method_reports_epsilon_per_client(tmp_path):
     assert len(clients) == 2
     for c in clients:
         assert 0 < c["epsilon"] <= 10.0 and c["delta"] == 1e-5
-    assert "∞" not in format_table(results.data).split("strategy")[0]
+        assert c["noise_secure"] == int(secure) and c["private_steps"] > 0
+    table = format_table(results.data)
+    assert "∞" not in table.split("strategy")[0]
+    assert ("ε is no guarantee" in table) is not secure
 
 
 def test_unreachable_nodes_are_timeouts_and_unavailable_nodes():

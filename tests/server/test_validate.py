@@ -118,6 +118,8 @@ def test_rejects_finite_images_far_outside_the_normalised_range(honest, digits_t
         ({"num-examples": 100, "seconds": -1.0}, "seconds"),
         ({"num-examples": 100, "seconds": float("inf")}, "finite"),
         ({"num-examples": 100, "bytes": 1e15}, "bytes"),
+        ({"num-examples": 100, "noise-secure": 2}, "noise-secure"),
+        ({"num-examples": 100, "private-steps": -1}, "private-steps"),
     ],
 )
 def test_impossible_client_reported_metrics_are_refused(metrics, reason, honest, digits_train):
@@ -127,10 +129,19 @@ def test_impossible_client_reported_metrics_are_refused(metrics, reason, honest,
 
 
 def test_valid_privacy_metrics_are_kept_as_client_reported(honest, digits_train):
-    m = {"num-examples": 100, "epsilon": 3.0, "delta": 1e-5, "rho": 0.5}
+    m = {"num-examples": 100, "epsilon": 3.0, "delta": 1e-5, "rho": 0.5, "noise-secure": 0}
+    m["private-steps"] = 40
     valid = check(reply(honest, metrics=MetricRecord(m)), digits_train.info)
     assert valid.metrics["epsilon"] == 3.0 and valid.metrics["delta"] == 1e-5
-    assert set(valid.client_reported) == {"num_examples", "epsilon", "delta", "rho"}
+    assert valid.metrics["noise_secure"] == 0 and valid.metrics["private_steps"] == 40
+    assert set(valid.client_reported) == {
+        "num_examples",
+        "epsilon",
+        "delta",
+        "rho",
+        "noise_secure",
+        "private_steps",
+    }
 
 
 def test_impossible_privacy_facts_in_the_provenance_are_refused(honest, digits_train):
