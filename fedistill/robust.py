@@ -34,6 +34,24 @@ are a minority, even when they collude):
    honest non-IID spread (a set of ones is darker than a set of eights) from counting. This
    catches scaled images, to which instance-normalised networks are almost blind.
 
+3. **Per-class agreement** (``per_class``, with pairwise cross-scoring). For every class a
+   client claims, the median over the judges that know the class of the fraction of its images
+   they classify as that class; a class far below the median client's score on the same class
+   is disputed, and a disputed class rejects the client. Catches partial label rotation
+   (k of K classes) and pull images hidden in one class, which the whole-set agreement averages
+   away.
+
+Beyond rejecting clients, :func:`sanitise_sets` scores every image: an image the majority of
+the other clients' models put in another class is dropped before pooling. It removes what
+hides among honest images (a low-rate backdoor's triggered images, a few pull images) at the
+cost of some honest images. :func:`robust_aggregate` holds the FedAvg side: Flower's median,
+trimmed-mean and MultiKrum rules on plain state dicts.
+
+Measured over 12 federations per setting (``experiments/bench_robustness.py``; digits,
+``random`` sets): honest clients rejected on clean federations 1 of 90; where the filter breaks
+(low-p NAIVE, hidden pull images, scaling under ×2, filter-aware attackers) the JSON has the
+damage an undetected attacker does.
+
 Labels are used as hard class ids (argmax for soft labels). With fewer than
 ``config.min_clients`` sets there is no majority to compare against and every set is kept.
 """
