@@ -25,7 +25,12 @@ the same to float rounding. :func:`frozen_embed` does four things:
    few inputs (``C_in·k·k`` values per position, 9 for MNIST), so each image's per-channel mean
    and variance follow from the mean and covariance of its input patches,
    ``μ_c = w_cᵀ m`` and ``σ²_c = w_cᵀ Σ w_c``, computed in float64. The largest activation
-   of the network (``width`` × 28 × 28 per image) is then read only by the clamp and the pool.
+   of the network (``width`` × 28 × 28 per MNIST image, × 32 × 32 in the reference geometry)
+   is then read only by the clamp and the pool.
+
+Both ConvNet geometries (:data:`fedistill.models.GEOMETRIES`) are handled: each convolution's
+own padding is used, and the padded border's zero patches count in the first layer's statistics
+as they do in instance norm (``tests/fedistill/test_fast_convnet_geometry.py``).
 
 Deeper blocks compute their statistics from the conv output with one sum / sum-of-squares pass
 (falling back to a two-pass variance for a channel whose mean dwarfs its spread, where that
