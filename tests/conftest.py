@@ -11,6 +11,17 @@ REPO = Path(__file__).resolve().parents[1]
 MNIST_SUBSET = REPO.parent / "shared" / "data" / "mnist-subset"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers that follow from what a test uses, so they cannot be forgotten: every test
+    under tests/deployment/ starts Flower processes (``deployment``), every test that reads
+    the MNIST subset needs ../shared (``mnist``)."""
+    for item in items:
+        if "tests/deployment/" in item.nodeid.replace("\\", "/"):
+            item.add_marker(pytest.mark.deployment)
+        if "mnist_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.mnist)
+
+
 @pytest.fixture(autouse=True)
 def _two_threads():
     torch.set_num_threads(2)
