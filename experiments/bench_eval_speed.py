@@ -51,9 +51,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from fedistill.augment import DSA, default_strategy
 from fedistill.data import LabeledImages, load_dataset
 from fedistill.distill import distill
-from fedistill.evaluate import EvalConfig, accuracy
+from fedistill.evaluate import EvalConfig, accuracy, evaluate_arrays
 from fedistill.models import ConvNet
-from fedistill.trainer import auto_chunk, train_many
+from fedistill.trainer import auto_chunk, map_models, train_many
 
 TARGET_M16 = 2.5  # issue 17: ≥ 2.5× the re-created reference loop at M = 16, fp32
 
@@ -226,13 +226,20 @@ def train_flops_per_image(net: nn.Module, x: Tensor, y: Tensor) -> float:
     return counter.get_total_flops() / len(x)
 
 
-def sgemm_gflops(n: int = 1024, reps: int = 8) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(reps):
+def gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 8) -> float:
+    """Matrix-multiply rate of the machine as the trainer uses it: one single-threaded GEMM
+    per intra-op thread at once (the workers' pattern), summed."""
+
+    def one(_: int) -> float:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+    threads = torch.get_num_threads()
+    return sum(map_models(one, range(threads), workers=threads))
 
 
 def cpu_name() -> str:
@@ -258,7 +265,7 @@ def run_dataset(name: str, train: LabeledImages, test: LabeledImages, args) -> d
 
     trained: dict[str, list[nn.Module]] = {}
 
-    def ours(m: int) -> Callable[[int], float]:
+    def ours(m: int, precision: str = "fp32") -> Callable[[int], float]:
         def run(r: int) -> float:
             models, gens = [], []
             for k in range(m):
@@ -268,8 +275,8 @@ def run_dataset(name: str, train: LabeledImages, test: LabeledImages, args) -> d
                 models.append(our_net(info, args.width, args.depth))
             t0 = time.perf_counter()
             chunk = None if args.no_chunk else auto_chunk(models[0])
-            trained[f"ours-M{m}"] = train_many(
-                models, x, y, cfg, gens, augment=augment, chunk=chunk
+            trained[f"ours-M{m}" + ("-bf16" if precision == "bf16" else "")] = train_many(
+                models, x, y, cfg, gens, augment=augment, chunk=chunk, precision=precision
             )
             return time.perf_counter() - t0
 
@@ -287,9 +294,13 @@ def run_dataset(name: str, train: LabeledImages, test: LabeledImages, args) -> d
     runners: dict[str, tuple[Callable[[int], float], int, int]] = {}  # fn, models, epochs run
     rss: dict[str, float] = {}
     order = [("ours-M1", 1), ("reference", 0)] + [(f"ours-M{m}", m) for m in args.models if m > 1]
+    if args.bf16:
+        order.append((f"ours-M{max(args.models)}-bf16", max(args.models)))
     for key, m in order:
         if key == "reference":
             runners[key] = (reference, args.reference_models, args.epochs + 1)
+        elif key.endswith("-bf16"):
+            runners[key] = (ours(m, "bf16"), m, args.epochs)
         elif m in args.models:
             runners[key] = (ours(m), m, args.epochs)
         else:
@@ -298,17 +309,21 @@ def run_dataset(name: str, train: LabeledImages, test: LabeledImages, args) -> d
         rss[key] = peak_rss_mib()
     seconds: dict[str, list[float]] = {k: [] for k in runners}
     sgemm: list[float] = []
+    bgemm: list[float] = []
     for r in range(args.rounds):
-        sgemm.append(sgemm_gflops())
+        sgemm.append(gemm_gflops())
+        bgemm.append(gemm_gflops(torch.bfloat16))
         for key, (fn, _, _) in runners.items():
             seconds[key].append(fn(r))
-        sgemm.append(sgemm_gflops())
+        sgemm.append(gemm_gflops())
+        bgemm.append(gemm_gflops(torch.bfloat16))
         print(
             f"[{name}] round {r + 1}/{args.rounds}: "
             + "  ".join(f"{k} {v[-1]:.1f}s" for k, v in seconds.items()),
             flush=True,
         )
     peak = statistics.median(sgemm)
+    bpeak = statistics.median(bgemm)
     results = {}
     for key, (_, m, epochs_run) in runners.items():
         med = statistics.median(seconds[key])
@@ -322,9 +337,35 @@ def run_dataset(name: str, train: LabeledImages, test: LabeledImages, args) -> d
             "median_seconds": med,
             "model_epochs_per_second": rate,
             "achieved_gflops": gflops,
-            "fraction_of_sgemm_rate": gflops / peak,
+            "fraction_of_gemm_rate": gflops / (bpeak if key.endswith("-bf16") else peak),
             "peak_rss_mib_after_warmup": rss[key],
             "test_accuracy_last_round": accs,
+        }
+    bf16_effect = None
+    if args.accuracy_epochs > 0:
+        per = {}
+        for precision in ("fp32", "bf16"):
+            ecfg = EvalConfig(
+                epochs=args.accuracy_epochs,
+                num_models=args.accuracy_models,
+                model_kwargs={"width": args.width, "depth": args.depth, "geometry": "reference"},
+                precision=precision,
+            )
+            t0 = time.perf_counter()
+            res = evaluate_arrays(x, y, info, test, ecfg, seed=args.seed)
+            per[precision] = res.to_dict() | {"seconds": time.perf_counter() - t0}
+            print(f"[{name}] {precision}: accuracy {res.mean:.4f} ± {res.std:.4f}", flush=True)
+        diffs = [
+            b - a for a, b in zip(per["fp32"]["accuracies"], per["bf16"]["accuracies"], strict=True)
+        ]
+        bf16_effect = {
+            "epochs": args.accuracy_epochs,
+            "models": args.accuracy_models,
+            "test_images": len(test),
+            "fp32": per["fp32"],
+            "bf16": per["bf16"],
+            "bf16_minus_fp32_per_seed": diffs,
+            "bf16_minus_fp32_mean": statistics.fmean(diffs),
         }
     ref = results["reference"]["model_epochs_per_second"]
     ratios = {k: v["model_epochs_per_second"] / ref for k, v in results.items() if k != "reference"}
@@ -334,13 +375,25 @@ def run_dataset(name: str, train: LabeledImages, test: LabeledImages, args) -> d
         "synthetic_images": len(x),
         "dsa_strategy": strategy,
         "train_gflop_per_image_step": flops_img / 1e9,
-        "sgemm_gflops_median": peak,
-        "sgemm_gflops": sgemm,
+        "gemm_rate_note": (
+            "one single-threaded 1024x1024 GEMM per thread at once, summed; measured before "
+            "and after every round, so under the same load as the training"
+        ),
+        "fp32_gemm_gflops_median": peak,
+        "fp32_gemm_gflops": sgemm,
+        "bf16_gemm_gflops_median": bpeak,
+        "bf16_gemm_gflops": bgemm,
+        "accuracy_note": (
+            "test_accuracy_last_round is after a few epochs, for sanity only; the reference "
+            "runs epochs + 1 epochs and drops the lr after epoch epochs // 2 + 1, ours after "
+            "epochs // 2, so at tiny budgets its models are further along"
+        ),
         "test_images": len(test_cut),
         "results": results,
         "throughput_ratio_ours_over_reference": ratios,
         "target_m16": TARGET_M16,
         "target_m16_met": ratios.get("ours-M16", 0.0) >= TARGET_M16 if 16 in args.models else None,
+        "bf16_accuracy_effect": bf16_effect,
     }
 
 
@@ -359,6 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-chunk", action="store_true", help="ours on whole batches")
+    p.add_argument("--bf16", action="store_true", help="also time ours at the largest M in bf16")
+    p.add_argument(
+        "--accuracy-epochs",
+        type=int,
+        default=0,
+        help="also train --accuracy-models models in fp32 and in bf16 for this many epochs "
+        "(same seeds, untimed) and report their test accuracies",
+    )
+    p.add_argument("--accuracy-models", type=int, default=4)
     p.add_argument("--out", type=Path, default=RESULTS / "bench_eval_speed.json")
     args = p.parse_args(argv)
     args.models = [int(m) for m in args.models.split(",") if m]
@@ -395,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             "dsa": True,
             "threads": args.threads,
             "interleaved": True,
-            "precision": "fp32",
+            "precision": "fp32" + (" (and bf16 autocast where named)" if args.bf16 else ""),
             "our_chunk": "whole batches" if args.no_chunk else "auto_chunk (evaluate's default)",
         },
         "machine": machine() | {"cpu_model": cpu_name()},
@@ -415,8 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in d["results"].items():
             print(
                 f"[{name}] {k:>10}: {v['model_epochs_per_second']:.2f} model-epochs/s, "
-                f"{v['achieved_gflops']:.1f} GFLOP/s ({100 * v['fraction_of_sgemm_rate']:.0f}% "
-                f"of SGEMM {d['sgemm_gflops_median']:.0f}), acc "
+                f"{v['achieved_gflops']:.1f} GFLOP/s ({100 * v['fraction_of_gemm_rate']:.0f}% "
+                f"of GEMM, fp32 {d['fp32_gemm_gflops_median']:.0f}), acc "
                 f"{statistics.fmean(v['test_accuracy_last_round']):.3f}"
             )
         ratio = ", ".join(
