@@ -59,6 +59,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="override the config's torch threads (0: default)"
     )
+    p.add_argument(
+        "--keep-from",
+        type=Path,
+        default=None,
+        metavar="REPORT",
+        help="an earlier report.json: keep its ok cells measured under the same settings",
+    )
+    p.add_argument(
+        "--rerun",
+        default="",
+        metavar="KIND,...",
+        help="with --keep-from: cell kinds to measure again (utility, mia_set, mia, backdoor, "
+        "poisoning, poisoning_defended, dp_audit)",
+    )
     p.add_argument("--strict", action="store_true", help="exit 1 when any cell failed")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings only")
 
@@ -97,7 +111,15 @@ def cmd_audit(args: argparse.Namespace, prog: str = "fedistill audit") -> int:
     cfg.validate()
     out = args.out or Path(f"audit-{Path(args.config).stem}")
     _quiet_libraries(args.quiet)
-    report = run_matrix(cfg, out, command=_command(args, prog, out), progress=not args.quiet)
+    keep, rerun = load_keep(args.keep_from, args.rerun)
+    report = run_matrix(
+        cfg,
+        out,
+        command=_command(args, prog, out),
+        progress=not args.quiet,
+        keep=keep,
+        rerun=rerun,
+    )
     cells = [c for row in report["cells"].values() for c in row.values()]
     failed = [c for c in cells if c["status"] == "failed"]
     skipped = [c for c in cells if c["status"] == "skipped"]
@@ -109,6 +131,33 @@ def cmd_audit(args: argparse.Namespace, prog: str = "fedistill audit") -> int:
     return 1 if (args.strict and failed) else 0
 
 
+def load_keep(path: Path | None, rerun: str) -> tuple[dict | None, set[str]]:
+    """The earlier report to keep cells from (parsed as JSON, never unpickled) and the cell
+    kinds to measure again; a missing or malformed file is one ConfigError."""
+    import json
+
+    from attacks.matrix.config import CELLS
+    from fedistill.errors import ConfigError
+
+    kinds = {k.strip().replace("-", "_") for k in rerun.split(",") if k.strip()}
+    bad = sorted(kinds - set(CELLS))
+    if bad:
+        raise ConfigError(
+            f"--rerun: unknown cell kind(s) {', '.join(bad)}; known: {', '.join(CELLS)}"
+        )
+    if path is None:
+        if kinds:
+            raise ConfigError("--rerun needs --keep-from")
+        return None, set()
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--keep-from {path}: not a readable report ({exc})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("cells"), dict):
+        raise ConfigError(f"--keep-from {path}: not an attack-matrix report")
+    return report, kinds
+
+
 def _command(args: argparse.Namespace, prog: str, out: Path) -> str:
     """The command line that reproduces this run (for report.md), rebuilt from the arguments."""
     parts = [*prog.split(), "--config", str(args.config), "--out", str(out)]
@@ -118,9 +167,12 @@ def _command(args: argparse.Namespace, prog: str, out: Path) -> str:
         ("--seed", args.seed),
         ("--device", args.device),
         ("--threads", args.threads),
+        ("--keep-from", args.keep_from),
     ):
         if value is not None:
             parts += [flag, str(value)]
+    if args.rerun:
+        parts += ["--rerun", args.rerun]
     for flag, names in (("--methods", args.methods), ("--attacks", args.attacks)):
         if names:
             parts += [flag, ",".join(names)]

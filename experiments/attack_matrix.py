@@ -18,6 +18,7 @@ from pathlib import Path
 
 from _bench import REPO, RESULTS, command_line
 
+from attacks.cli import load_keep
 from attacks.matrix import load_config, quick, run_matrix
 from fedistill.errors import FedistillError
 
@@ -30,6 +31,10 @@ def main() -> int:
     ap.add_argument("--data-root", default=None, help="override the config's data-root")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (config: 2)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument(
+        "--keep-from", type=Path, default=None, help="an earlier report.json: keep its cells"
+    )
+    ap.add_argument("--rerun", default="", help="with --keep-from: cell kinds to measure again")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.quiet:
@@ -44,7 +49,10 @@ def main() -> int:
             cfg.threads = args.threads
         if args.quick:
             cfg = quick(cfg)
-        report = run_matrix(cfg, args.out, command=command, progress=not args.quiet)
+        keep, rerun = load_keep(args.keep_from, args.rerun)
+        report = run_matrix(
+            cfg, args.out, command=command, progress=not args.quiet, keep=keep, rerun=rerun
+        )
     except FedistillError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

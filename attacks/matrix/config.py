@@ -28,6 +28,12 @@ CELLS = (
 )
 # the cells an attack section fills, where they are more than the one of its name
 ATTACK_CELLS = {"mia": ("mia_set", "mia"), "poisoning": ("poisoning", "poisoning_defended")}
+# the configuration section each cell kind is measured under (utility: the budget alone)
+CELL_SECTION = {
+    kind: attack
+    for attack in ("mia", "backdoor", "poisoning", "dp_audit")
+    for kind in ATTACK_CELLS.get(attack, (attack,))
+}
 MIA_ATTACKS = ("loss", "lira_online", "lira_offline", "rmia")
 POPULATIONS = ("exposed", "all")
 

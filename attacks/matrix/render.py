@@ -379,6 +379,25 @@ def missing_section(report: dict[str, Any]) -> list[str]:
     return ["#### Missing cells", "", *lines, ""] if lines else []
 
 
+def kept_section(report: dict[str, Any]) -> list[str]:
+    """Cells taken from an earlier run (``--keep-from``), by run: which, when, at what commit."""
+    runs: dict[tuple, list[str]] = {}
+    for name, cells in report["cells"].items():
+        for kind, c in cells.items():
+            if c.get("kept_from"):
+                k = c["kept_from"]
+                runs.setdefault((k.get("started"), k.get("git_commit")), []).append(
+                    f"`{name}` · {kind}"
+                )
+    lines = []
+    for (started, commit), cells in runs.items():
+        lines.append(
+            f"Kept from the run started {started} (commit {commit or '?'}), measured under the "
+            f"same dataset, seed, budget, row and attack section: {', '.join(cells)}."
+        )
+    return [*lines, ""] if lines else []
+
+
 def timings_section(report: dict[str, Any]) -> list[str]:
     """Wall-clock seconds per cell, CPU seconds of this process in parentheses."""
     kinds = [k for k in CELLS if any(k in c for c in report["cells"].values())]
@@ -386,24 +405,27 @@ def timings_section(report: dict[str, Any]) -> list[str]:
     lines = [
         "#### Timings",
         "",
-        "Wall-clock seconds (this process's CPU seconds, all threads).",
+        "Wall-clock seconds (this process's CPU seconds, all threads); *kept*: measured by the "
+        "earlier run named above.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
 
-    def fmt(wall: float | None, cpu: float | None) -> str:
-        return "—" if wall is None else f"{wall:.0f} ({cpu or 0:.0f})"
+    def fmt(wall: float | None, cpu: float | None, kept: bool = False) -> str:
+        if wall is None:
+            return "—"
+        return f"{wall:.0f} ({cpu or 0:.0f})" + (" kept" if kept else "")
 
     for name, cells in report["cells"].items():
         vals = [
-            (cells[k]["seconds"], cells[k].get("cpu_seconds"))
+            (cells[k]["seconds"], cells[k].get("cpu_seconds"), bool(cells[k].get("kept_from")))
             if k in cells and cells[k]["status"] != "skipped"
-            else (None, None)
+            else (None, None, False)
             for k in kinds
         ]
-        wall = sum(w for w, _ in vals if w is not None)
-        cpu = sum(c for _, c in vals if c is not None)
+        wall = sum(w for w, _, _ in vals if w is not None)
+        cpu = sum(c for _, c, _ in vals if c is not None)
         lines.append(
             "| " + " | ".join([f"`{name}`", *[fmt(*v) for v in vals], fmt(wall, cpu)]) + " |"
         )
@@ -451,6 +473,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     if report.get("command"):
         lines += ["Produced by:", "", "```bash", report["command"], "```", ""]
+    lines += kept_section(report)
     lines += missing_section(report)
     lines += [*timings_section(report), ""]
     lines += [

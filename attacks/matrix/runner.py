@@ -16,7 +16,15 @@ from typing import Any
 import torch
 
 from attacks.matrix.cells import AttackCells, Cell, Skip, jsonable
-from attacks.matrix.config import ATTACK_CELLS, ATTACKS, CELLS, FEDAVG, SCHEMA, AuditConfig
+from attacks.matrix.config import (
+    ATTACK_CELLS,
+    ATTACKS,
+    CELL_SECTION,
+    CELLS,
+    FEDAVG,
+    SCHEMA,
+    AuditConfig,
+)
 from attacks.matrix.plots import write_plots
 from attacks.matrix.render import render_markdown
 
@@ -62,9 +70,12 @@ class MatrixRun(AttackCells):
         progress: bool = False,
         train=None,
         test=None,
+        keep: dict[str, Any] | None = None,
+        rerun: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         from fedistill.data import load_dataset
 
+        self.keep, self.rerun = keep, set(rerun)
         self.cfg = cfg
         self.out = Path(out)
         self.plots = self.out / "plots"
@@ -136,7 +147,40 @@ class MatrixRun(AttackCells):
         c = self.report["cells"].get(name, {}).get(kind)
         return c if c and c.get("status") == "ok" else None
 
+    def kept(self, name: str, kind: str) -> dict[str, Any] | None:
+        """The ``ok`` cell of the earlier report (``keep``) for this row and kind, when it was
+        measured under the same dataset, seed, budget, row pipeline and attack section, and
+        its kind is not to be rerun; else None."""
+        old = self.keep
+        if old is None or kind in self.rerun:
+            return None
+        cell = old.get("cells", {}).get(name, {}).get(kind)
+        if not cell or cell.get("status") != "ok":
+            return None
+        new_cfg, old_cfg = jsonable(self.report["config"]), old.get("config", {})
+        section = CELL_SECTION.get(kind)
+        same = (
+            old.get("dataset") == jsonable(self.report["dataset"])
+            and all(old_cfg.get(k) == new_cfg.get(k) for k in ("dataset", "seed", "budget"))
+            and (section is None or old_cfg.get(section) == new_cfg.get(section))
+            and next((r for r in old.get("rows", []) if r["name"] == name), None)
+            == jsonable(self._row_facts(name))
+        )
+        if not same:
+            return None
+        earlier = cell.get("kept_from") or {
+            "started": old.get("started"),
+            "git_commit": (old.get("machine") or {}).get("git_commit"),
+        }
+        return dict(cell, kept_from=earlier)
+
     def run_cell(self, name: str, kind: str, fn: Callable[[], Cell]) -> Cell:
+        kept = self.kept(name, kind)
+        if kept is not None:
+            log.info("%s · %s: kept from the run of %s", name, kind, kept["kept_from"]["started"])
+            self.report["cells"][name][kind] = kept
+            self.save()
+            return Cell("ok", summary=kept.get("summary", {}), result=kept.get("result"))
         log.info("%s · %s", name, kind)
         t0, c0 = time.perf_counter(), time.process_time()
         try:
@@ -243,8 +287,16 @@ def run_matrix(
     progress: bool = False,
     train=None,
     test=None,
+    keep: dict[str, Any] | None = None,
+    rerun: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Run every cell of ``cfg``; write ``report.json``, ``report.md`` and ``plots/`` under
-    ``out``. Returns the report (as written to report.json, before JSON conversion)."""
-    run = MatrixRun(cfg, out, command=command, progress=progress, train=train, test=test)
+    ``out``. Returns the report (as written to report.json, before JSON conversion).
+
+    ``keep``: an earlier report; its ``ok`` cells measured under the same dataset, seed,
+    budget, row and attack section are kept (marked ``kept_from`` with that run's start and
+    commit) instead of recomputed, except the cell kinds in ``rerun``."""
+    run = MatrixRun(
+        cfg, out, command=command, progress=progress, train=train, test=test, keep=keep, rerun=rerun
+    )
     return run.run()

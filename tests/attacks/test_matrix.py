@@ -312,3 +312,37 @@ def test_a_private_row_is_audited_white_box_beside_black_box(tmp_path):
     assert wb["verdict"] == "consistent" and wb["epsilon_lb"] <= wb["claimed_epsilon"]
     md = (tmp_path / "r" / "report.md").read_text()
     assert "inconclusive: " in md and "; white-box: " in md
+
+
+def test_cells_of_an_earlier_run_are_kept_only_under_the_same_settings(tmp_path, capsys):
+    """--keep-from reuses ok cells measured under the same settings and says so; a changed
+    attack section or --rerun measures again."""
+    doc = {
+        "dataset": "digits",
+        "reference": False,
+        "budget": {"ipc": 2, "model": "mlp", "epochs": 10, "dsa": False, "lr": 0.05},
+        "methods": [{"method": "random"}],
+        "attacks": {"backdoor": {"p": 0.5}},
+    }
+    first = run_matrix(config_from_dict(doc), tmp_path / "a")
+    earlier = json.loads((tmp_path / "a" / "report.json").read_text())
+    again = run_matrix(config_from_dict(doc), tmp_path / "b", keep=earlier, rerun={"utility"})
+    cells = again["cells"]["random"]
+    assert cells["backdoor"]["kept_from"]["started"] == first["started"]
+    assert cells["backdoor"]["summary"] == earlier["cells"]["random"]["backdoor"]["summary"]
+    assert "kept_from" not in cells["utility"]  # --rerun utility
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert f"Kept from the run started {first['started']}" in md and "`random` · backdoor" in md
+    changed = dict(doc, attacks={"backdoor": {"p": 0.3}})
+    third = run_matrix(config_from_dict(changed), tmp_path / "c", keep=earlier)
+    assert "kept_from" in third["cells"]["random"]["utility"]  # the budget did not change
+    assert "kept_from" not in third["cells"]["random"]["backdoor"]  # its section did
+    # the CLI: a report that is not JSON is one line and exit 2
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    path = _write(tmp_path, GOOD)
+    code, _, err = _run_cli(
+        ["audit", "--config", str(path), "--out", str(tmp_path / "d"), "--keep-from", str(bad)],
+        capsys,
+    )
+    assert code == 2 and "not a readable report" in err and len(err.strip().splitlines()) == 1
