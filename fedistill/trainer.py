@@ -30,8 +30,11 @@ matrix units (AMX, AVX-512 BF16), parameters, optimiser state and the loss in fl
 equal to the fp32 trajectory; ``experiments/bench_eval_speed.py`` states its speed and its
 effect on accuracy.
 
-A model's result does not depend on ``workers`` (≥ 2) or on which worker trained it; against a
-run on the caller's thread with several intra-op threads it differs by float rounding only.
+By default every model trains on one intra-op thread, so a model's result depends neither on
+how many models train beside it nor on which worker trained it (bit for bit); against a run on
+the caller's thread with several intra-op threads it differs by float rounding only. Each
+augmented batch is given NCHW strides before the network (a permuted one-channel tensor would
+send the convolutions and norm layers channels-last, several times slower per step here).
 """
 
 from __future__ import annotations
@@ -72,6 +75,18 @@ def loss_for(labels: Tensor, label_kind: str):
     if label_kind == "targets":
         return lambda logits, y: F.mse_loss(logits, y)
     return lambda logits, y: F.cross_entropy(logits, y)  # probability targets
+
+
+def _standard_layout(x: Tensor) -> Tensor:
+    """``x`` with NCHW strides. Some augmentations return a permuted tensor; with one channel it
+    counts as contiguous, yet the convolutions then run channels-last, and the norm layers'
+    backward with them — measured here several times slower per step."""
+    if x.dim() != 4:
+        return x
+    _, c, h, w = x.shape
+    if x.stride() == (c * h * w, h * w, w, 1):
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
 
 
 def batch_independent(model: nn.Module) -> bool:
@@ -135,7 +150,7 @@ def train_classifier(
                 idx = order[start : start + cfg.batch_size]
                 xb = x[idx]
                 if augment is not None:
-                    xb = augment(xb, generator=generator)
+                    xb = _standard_layout(augment(xb, generator=generator))
                 yb = y[idx]
                 opt.zero_grad(set_to_none=True)
                 if chunk is None or chunk >= len(idx):
@@ -158,8 +173,8 @@ def train_classifier(
 
 
 def default_workers(num_jobs: int, device: torch.device | str = "cpu") -> int:
-    """Workers for ``num_jobs`` models: one per intra-op thread, at most one per model; 1 (the
-    caller's thread, all its intra-op threads) off the CPU or for a single model."""
+    """Workers for ``num_jobs`` models: one per intra-op thread, at most one per model (each
+    single-threaded); 1 off the CPU."""
     if torch.device(device).type != "cpu":
         return 1
     return max(1, min(num_jobs, torch.get_num_threads()))
@@ -174,23 +189,31 @@ def map_models(
     progress: bool = False,
     description: str = "models",
 ) -> list[R]:
-    """``[fn(item) for item in items]``, on ``workers`` threads sharing the intra-op threads.
+    """``[fn(item) for item in items]``, on worker threads sharing the intra-op threads.
 
-    With one worker the calls run in order on the caller's thread. With ``w > 1`` workers each
-    thread runs torch with ``max(1, threads // w)`` intra-op threads and takes the next item when
-    done; results come back in ``items``' order, and the caller's thread setting is restored.
+    ``workers=None`` (on the CPU): ``min(len(items), threads)`` workers, each running torch with
+    one intra-op thread — a lone model too, on one core: on this shared 2-core machine a
+    ConvNet-128-3 epoch ran 4–8× faster on one thread than on two (OpenMP barriers under load);
+    on a quiet machine two threads could be at most 2× faster. ``workers=1``: in order on the
+    caller's thread with all its intra-op threads. ``workers=w > 1``: ``w`` threads of
+    ``max(1, threads // w)`` intra-op threads each. Each worker takes the next item when done;
+    results come back in ``items``' order, and the caller's thread setting is restored.
     ``fn`` must not touch torch's global RNG (give each item its own generator)."""
-    workers = default_workers(len(items), device) if workers is None else max(1, workers)
-    workers = min(workers, max(1, len(items)))
+    threads = torch.get_num_threads()
+    if torch.device(device).type != "cpu":
+        workers, per_worker = 1, threads
+    elif workers is None:
+        workers, per_worker = default_workers(len(items), device), 1
+    else:
+        workers = min(max(1, workers), max(1, len(items)))
+        per_worker = max(1, threads // workers)
     with progress_bar(description, len(items), progress) as bar:
-        if workers == 1:
+        if workers == 1 and per_worker == threads:
             out = []
             for item in items:
                 out.append(fn(item))
                 bar.advance()
             return out
-        threads = torch.get_num_threads()
-        per_worker = max(1, threads // workers)
 
         def run(item: T) -> R:
             # intra-op threads are per OS thread under OpenMP; asking first makes torch
