@@ -124,10 +124,14 @@ class BackdoorSpec:
     p: float = 0.1
     target: int = 0
     baseline: bool = True  # also the ASR of the clean pipeline with the same trigger
+    models: int = 3  # final models (seeds) per figure: mean ± std
+    controls: bool = True  # DOORPING: also a random-trigger and a NAIVE set from the same loop
     doorping: dict[str, Any] = field(default_factory=dict)  # DoorpingConfig overrides
     rows: list[str] | None = None
 
     def validate(self) -> None:
+        if self.models < 1:
+            raise ConfigError("attacks.backdoor: models must be ≥ 1")
         if self.kind not in ("naive", "doorping"):
             raise UnknownNameError(
                 f"attacks.backdoor: unknown kind '{self.kind}'; choose naive or doorping"

@@ -22,6 +22,11 @@ def _pct(x: Any) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
+def _pm(x: Any, std: Any) -> str:
+    """A rate in % with its std over the final models where there is one."""
+    return _pct(x) + ("" if std is None or x is None else f" ± {100 * std:.1f}")
+
+
 def _eps(x: Any) -> str:
     return "—" if x is None else f"{x:.3g}"
 
@@ -36,7 +41,8 @@ COLUMNS = (
     ("utility acc %", "utility"),
     ("MIA on the set: TPR@1%FPR exposed", "mia_set"),
     ("MIA LiRA: TPR@1%FPR exposed · all", "mia"),
-    ("backdoor ASR % (clean-model ASR)", "backdoor"),
+    ("backdoor ASR % (clean pipeline)", "backdoor"),
+    ("same models: target-class % on clean images", "backdoor"),
     ("backdoor clean acc %", "backdoor"),
     ("poison acc drop (pts)", "poisoning"),
     ("drop with defence (pts)", "poisoning_defended"),
@@ -100,11 +106,12 @@ def _row_cells(report: dict[str, Any], name: str) -> list[str]:
     if bd:
         base = bd.get("baseline_asr")
         cells += [
-            _pct(bd["asr"]) + (f" ({_pct(base)})" if base is not None else ""),
-            _pct(bd["clean_accuracy"]),
+            _pm(bd["asr"], bd.get("asr_std")) + (f" ({_pct(base)})" if base is not None else ""),
+            _pm(bd.get("clean_target_rate"), bd.get("clean_target_rate_std")),
+            _pm(bd["clean_accuracy"], bd.get("clean_accuracy_std")),
         ]
     else:
-        cells += ["—"] * 2
+        cells += ["—"] * 3
     cells.append(_pct(po["accuracy_drop"]) if po else "—")
     cells += [_pct(pd["accuracy_drop"]), _fmt(pd["false_rejection_rate"], 2)] if pd else ["—"] * 2
     if dp:
@@ -320,8 +327,11 @@ def budgets_section(report: dict[str, Any]) -> list[str]:
             f"- **Backdoor**: {bd['kind'].upper()}, p = {bd['p']} of the training images stamped "
             f"with a {patch} and relabelled to class {bd['target']} before distillation (the "
             f"`real` row trains on the poisoned real data); ASR = triggered non-target test "
-            f"images classified as {bd['target']}; in parentheses the ASR of the clean pipeline's "
-            "model with the same trigger."
+            f"images classified as {bd['target']}; beside it the *same* models' rate of class "
+            f"{bd['target']} on clean non-target images (a high one means the model predicts the "
+            "target class anyway, not that the trigger works) and their clean accuracy; each "
+            f"mean ± std over {bd.get('models', 1)} final-model seeds; in parentheses the ASR of "
+            "the clean pipeline's models with the same trigger (the control)."
         )
     po = cfg.get("poisoning")
     if po:

@@ -88,7 +88,6 @@ class MatrixRun(AttackCells):
         self.rows = cfg.rows()
         self.pipelines = {cfg.pipeline(r).label: (r, cfg.pipeline(r)) for r in self.rows}
         self.names = cfg.row_names()
-        self.models: dict[str, torch.nn.Module] = {}  # utility models (naive backdoor baseline)
         self.t0, self.c0 = time.perf_counter(), time.process_time()
         self.report: dict[str, Any] = {
             "schema": SCHEMA,

@@ -203,8 +203,12 @@ def test_a_tiny_matrix_writes_the_report(tmp_path, capsys):
         assert u["full_data"] == cells[name]["utility"]["summary"]["accuracy"]
         assert u["attacked"] > 0.2  # the attacked pipeline's own model (20 members)
         bd = cells[name]["backdoor"]["summary"]
-        assert 0.0 <= bd["asr"] <= 1.0 and bd["clean_accuracy"] > 0.3
-        assert bd["baseline_asr"] is not None
+        assert bd["num_models"] == 3 and bd["asr_std"] is not None and bd["clean_accuracy"] > 0.3
+        assert bd["baseline_asr"] is not None and bd["clean_target_rate"] is not None
+    # the positive control: half the real training data stamped and relabelled plants the
+    # backdoor, which the clean pipeline's models do not have
+    real_bd = cells["real"]["backdoor"]["summary"]
+    assert real_bd["asr"] > 0.8 > 0.3 > real_bd["baseline_asr"]
     assert cells["fedavg"]["mia"]["status"] == "skipped"
     # the server's view: `random` uploads the images it picked, so every exposed member sits at
     # distance 0 from the set (the planted leak, found); `real` releases no set
