@@ -397,6 +397,30 @@ def run_dataset(name: str, train: LabeledImages, test: LabeledImages, args) -> d
     }
 
 
+def plot(out: dict, path: Path) -> Path:
+    """Bars of ours / reference throughput per dataset and configuration, the target marked."""
+    from fedistill.plots import pyplot
+
+    plt = pyplot()
+    names = list(out["datasets"])
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        ratios = out["datasets"][name]["throughput_ratio_ours_over_reference"]
+        keys = list(ratios)
+        ax.bar(range(len(keys)), [ratios[k] for k in keys], color="tab:blue")
+        ax.axhline(1.0, color="grey", lw=1)
+        ax.axhline(TARGET_M16, color="tab:red", ls="--", lw=1, label=f"target {TARGET_M16}x (M=16)")
+        ax.set_xticks(range(len(keys)), [k.replace("ours-", "") for k in keys])
+        ax.set_ylabel("model-epochs/s, ours / reference")
+        ax.set_title(f"{name} (load {out['load_average']['before'][0]:.1f} on 2 cores)")
+        ax.legend(fontsize=8)
+    fig.suptitle(out["machine"].get("cpu_model", ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", type=Path, default=DEFAULT_MNIST)
@@ -472,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": time.perf_counter() - t_start,
     }
     write_json(args.out, out)
+    plot(out, args.out.with_suffix(".png"))
     print(f"\ncommand: {command}")
     for name, d in datasets.items():
         for k, v in d["results"].items():
