@@ -94,6 +94,10 @@ class FilterConfig:
     min_class_support: int = 2  # a scoring model must have seen ≥ this many images of a class
     agreement_ratio: float = 0.5  # pairwise: reject below this × the median client's agreement
     min_pair_images: int = 5  # pairwise: fewer shared-class images are no evidence
+    # pairwise: a client judged by fewer clients is never rejected for disagreement (one judge,
+    # possibly the attacker itself, is no majority; measured: an honest α = 0.1 client judged
+    # only by a label-rotating attacker was rejected)
+    min_judges: int = 2
     min_gap: float = 0.3  # loo: a deficit below this (accuracy points) is never rejected
     z_accuracy: float = 4.0  # loo
     # feature statistics
@@ -423,7 +427,7 @@ def _pairwise_test(
     for i in ids:
         s = scores[i]
         s.agreeing = sum(1 for v in pair[i] if v >= threshold)
-        if s.agreement is not None and s.agreement < threshold:
+        if s.agreement is not None and s.agreement < threshold and s.judges >= cfg.min_judges:
             s.reasons.append(
                 f"its labels disagree with the other clients' sets: agrees with {s.agreeing} of "
                 f"the {s.judges} clients that can judge it (median-rank agreement "

@@ -175,3 +175,34 @@ def test_sanitiser_drops_hidden_mislabelled_images_and_few_honest_ones(iid, digi
     # fewer sets than the filter's minimum: nothing to vote with, nothing dropped
     few, none = sanitise_sets({0: sets[0], 1: sets[1]}, digits_train.info)
     assert none == {0: 0, 1: 0} and few[0] is sets[0]
+
+
+@pytest.mark.slow
+def test_across_seeds_honest_clients_are_kept_and_attackers_above_the_boundary_rejected(
+    digits_train,
+):
+    """4 federations of 10 clients (α ∈ {0.1, 0.5} × 2 seeds, `random` sets), each with two
+    attackers at the boundaries the benchmark states — images ×2 (client 0) and labels of 4
+    classes rotated (client 1, when it holds ≥ 4 classes): both rejected everywhere, ≥ 95 % of
+    the 32 honest clients kept."""
+    from attacks.poisoning import malicious_set, rotate_labels
+
+    n = 10
+    honest_kept = honest_total = 0
+    for alpha in (0.1, 0.5):
+        for seed in range(2):
+            parts = client_partitions(digits_train, n, "dirichlet", alpha=alpha, seed=seed)
+            sets = {
+                i: client_distill(digits_train.subset(p), "random", 10, seed=client_seed(seed, i))
+                for i, p in enumerate(parts)
+            }
+            sets[0] = malicious_set("scale", sets[0], digits_train.info, scale=2.0)
+            rotating = len(sets[1].hard_labels().unique()) >= 4
+            if rotating:
+                sets[1] = rotate_labels(sets[1], 4, seed=seed)
+            kept, rejected = filter_sets(sets, digits_train.info, seed=seed)
+            assert 0 in rejected, (alpha, seed)
+            assert not rotating or 1 in rejected, (alpha, seed, rejected)
+            honest_kept += sum(1 for i in range(2, n) if i in kept)
+            honest_total += n - 2
+    assert honest_kept >= 0.95 * honest_total, (honest_kept, honest_total)
