@@ -12,6 +12,7 @@ run is ``fedistill audit --config experiments/audit.toml --out experiments/resul
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -21,6 +22,19 @@ from _bench import REPO, RESULTS, command_line
 from attacks.cli import load_keep
 from attacks.matrix import load_config, quick, run_matrix
 from fedistill.errors import FedistillError
+
+
+def render_only(out: Path) -> int:
+    """report.md and the plots again from a finished report.json (the renderers changed, the
+    measurements did not)."""
+    from attacks.matrix import render_markdown, write_plots
+
+    report = json.loads((out / "report.json").read_text())
+    report["plots"] = write_plots(report, out / "plots")
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "report.md").write_text(render_markdown(report))
+    print(f"rewrote {out / 'report.md'} from {out / 'report.json'}")
+    return 0
 
 
 def main() -> int:
@@ -35,10 +49,17 @@ def main() -> int:
         "--keep-from", type=Path, default=None, help="an earlier report.json: keep its cells"
     )
     ap.add_argument("--rerun", default="", help="with --keep-from: cell kinds to measure again")
+    ap.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite report.md (and the plots) from OUT/report.json; measure nothing",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.quiet:
         logging.getLogger("attacks.matrix").setLevel(logging.INFO)
+    if args.render:
+        return render_only(args.out)
     command = command_line()
     print(command, flush=True)
     try:

@@ -203,39 +203,59 @@ def mia_table(report: dict[str, Any]) -> list[str]:
     return lines if shown else []
 
 
+def _sure(cell: dict[str, Any], fpr: float = 0.01) -> bool:
+    """Whether a TPR beats chance (TPR = FPR) beyond its 95% interval."""
+    return cell["ci95"]["tpr_at_fpr"][f"{fpr:g}"][0] > fpr
+
+
 def leak_sentences(report: dict[str, Any]) -> list[str]:
-    """One sentence per row: what leaks, to whom, and how surely (with the interval)."""
+    """One sentence per row: what leaks, to whom, and how surely (with the interval); counts
+    per target pipeline."""
     out = []
     for row in report["rows"]:
         name = row["name"]
         ms, mia = cell_summary(report, name, "mia_set"), cell_summary(report, name, "mia")
         if not (ms or (mia and "populations" in mia)):
             continue
-        c = report["cells"][name]
-        b = (c.get("mia_set") or c.get("mia") or {}).get("budget", {})
         parts = []
         best = _best_set_distance(ms) if ms else None
         if best:
+            b = report["cells"][name]["mia_set"]["budget"]
             d = ms["distances"][best]
-            pop = "exposed" if d.get("exposed") else "all"
-            who = (
-                f"the {b.get('exposed')} images it copied or started from"
-                if pop == "exposed"
-                else f"its {b.get('members')} members"
-            )
-            parts.append(
-                f"anyone holding the set finds {who} at 1% FPR with TPR "
-                f"{tpr_text(d, pop)} (nearest-image distance `{best}`)"
-            )
+            targets = max(1, int(b.get("num_targets") or 1))
+            if d.get("exposed"):
+                who = f"the {b['exposed'] // targets} images each set copied or started from"
+                cell = d["exposed"]
+            else:
+                who = f"its {b['members'] // targets} members"
+                cell = d["all"]
+            if _sure(cell):
+                parts.append(
+                    f"anyone holding the set finds {who} at 1% FPR with TPR "
+                    f"{tpr_text(d, 'exposed' if d.get('exposed') else 'all')} (nearest-image "
+                    f"distance `{best}`, {targets} independent target sets)"
+                )
+            else:
+                parts.append(
+                    f"no attack on the set tells {who} from non-members beyond chance (TPR "
+                    f"{tpr_text(d, 'all')} at 1% FPR)"
+                )
         if mia and "populations" in mia:
             p = mia["populations"]
+            mb = report["cells"][name]["mia"]["budget"]
             best_m = max(
                 ("lira_online", "rmia"),
                 key=lambda a: p[a].get("exposed", p[a]["all"])["tpr_at_fpr"]["0.01"],
             )
             label = {"lira_online": "LiRA", "rmia": "RMIA"}[best_m]
-            mb = (c.get("mia") or {}).get("budget", {})
-            if p[best_m].get("exposed") and mb.get("exposed") != mb.get("members"):
+            split = p[best_m].get("exposed") and mb.get("exposed") != mb.get("members")
+            headline = p[best_m]["exposed"] if split else p[best_m]["all"]
+            if not _sure(headline):
+                parts.append(
+                    f"nor does any on the trained model ({label}: "
+                    f"{tpr_text(p[best_m], 'all')} at 1% FPR)"
+                )
+            elif split:
                 parts.append(
                     f"from the trained model {label} reaches {tpr_text(p[best_m], 'exposed')} "
                     f"on the exposed members and {tpr_text(p[best_m], 'all')} on all members"
@@ -280,7 +300,11 @@ def budgets_section(report: dict[str, Any]) -> list[str]:
             protocols.setdefault(_train_protocol(row["pipeline"]), []).append(row["name"])
     for proto, names in protocols.items():
         who = "every row" if len(protocols) == 1 else ", ".join(f"`{n}`" for n in names)
-        lines.append(f"- **Final model** ({who}): {proto}; one model per cell.")
+        seeds = (cfg.get("backdoor") or {}).get("models")
+        per_cell = "one model per cell" + (
+            f" ({seeds} seeds in the backdoor cells)" if seeds else ""
+        )
+        lines.append(f"- **Final model** ({who}): {proto}; {per_cell}.")
     for row in report["rows"]:
         lines.append(f"- `{row['name']}`: {_describe_pipeline(report, row['name'])}.")
     d = report["dataset"]
@@ -403,7 +427,8 @@ def kept_section(report: dict[str, Any]) -> list[str]:
     for (started, commit), cells in runs.items():
         lines.append(
             f"Kept from the run started {started} (commit {commit or '?'}), measured under the "
-            f"same dataset, seed, budget, row and attack section: {', '.join(cells)}."
+            f"same dataset, seed, budget, row and attack section: {', '.join(cells)}. The "
+            "command without `--keep-from` measures every cell afresh."
         )
     return [*lines, ""] if lines else []
 
