@@ -375,6 +375,15 @@ def _plots(folder: str, names: list[tuple[str, str]]) -> str:
 def attacks_table() -> str:
     table = _generic("attack_matrix/report", "attack_matrix.py", "Attack matrix")()
     plots = [
+        (
+            "roc_set_dm-real.png",
+            "the server's view of DM (real init): ROC on all and exposed members",
+        ),
+        (
+            "roc_dm-real.png",
+            "attacks on the model trained on DM (real init): all and exposed members",
+        ),
+        ("nearest_dm-real.png", "DM (real init): each synthetic image beside its nearest real one"),
         ("roc_lira.png", "LiRA ROC per pipeline"),
         ("backdoor.png", "backdoor"),
         ("poisoning.png", "poisoning"),
