@@ -186,7 +186,7 @@ def test_the_filter_aware_attacker_picks_the_strongest_setting_the_rule_keeps(di
     assert never is None and honest[0] is syn
 
 
-def test_partial_rotation_hurts_undefended_and_the_per_class_filter_rejects_it(
+def test_the_per_class_filter_rejects_a_partial_label_rotation(
     digits_train, digits_test, clean_accuracy
 ):
     kw = dict(attack="rotate", m=1, k_rotate=4, clean_accuracy=clean_accuracy, **FED)
