@@ -434,22 +434,15 @@ class CanaryMechanism:
     @classmethod
     def from_psg(cls, config: Any, n: int, *, noise_scale: float = 1.0) -> CanaryMechanism:
         """The mechanism a DP-PSG run with ``config`` (a ``PSGConfig``) on ``n`` examples runs:
-        its q, its planned steps (all rounds) and the σ its ledger calibrates."""
-        from fedistill.privacy import PrivacyLedger
+        its q, its planned steps (all rounds) and the σ its ledger calibrates — psg's own plan
+        (:func:`fedistill.distill.psg.plan_ledger`), so the audit audits what runs."""
+        from fedistill.distill.psg import plan_ledger
 
         config.validate()
-        q = config.batch_real / (config.public_size or n)
-        ledger = PrivacyLedger(
-            config.epsilon,
-            config.delta,
-            q,
-            config.planned_steps,
-            noise_multiplier=config.noise_multiplier,
-            accountant=config.accountant,
-        )
+        ledger = plan_ledger(config, n)
         return cls(
             noise_multiplier=ledger.noise_multiplier,
-            sample_rate=q,
+            sample_rate=ledger.sample_rate,
             steps=config.planned_steps,
             delta=config.delta,
             claimed_epsilon=config.epsilon,

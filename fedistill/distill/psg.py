@@ -274,6 +274,22 @@ def _syn_loss(logits: Tensor, labels: Tensor, label_logits: Tensor | None) -> Te
     return -(label_logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
 
 
+def plan_ledger(config: PSGConfig, n: int) -> PrivacyLedger:
+    """The privacy plan of a run with ``config`` on ``n`` examples (the declared public size,
+    when given, sets q): q = batch_real / N, every round's planned steps, and the σ calibrated
+    for them (or a given σ checked). The DP audits audit exactly this mechanism."""
+    q = config.batch_real / (config.public_size or n)
+    return PrivacyLedger(
+        config.epsilon,
+        config.delta,
+        q,
+        config.planned_steps,
+        noise_multiplier=config.noise_multiplier,
+        accountant=config.accountant,
+        mechanism=MECHANISM,
+    )
+
+
 @register("psg", PSGConfig, "DP-PSG: gradient matching to DP real gradients, (ε, δ) via Opacus")
 def distill_psg(
     real: LabeledImages,
@@ -303,15 +319,7 @@ def distill_psg(
 
     # budget first: σ calibrated (or a given σ checked) once, for every round's private steps
     if ledger is None:
-        ledger = PrivacyLedger(
-            config.epsilon,
-            config.delta,
-            q,
-            config.planned_steps,
-            noise_multiplier=config.noise_multiplier,
-            accountant=config.accountant,
-            mechanism=MECHANISM,
-        )
+        ledger = plan_ledger(config, n)
     else:
         _check_ledger(ledger, config, q)
     ledger.reserve(config.steps)  # a round past the plan stops here, before any data
