@@ -155,10 +155,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from fedistill.evaluate import EvalConfig, evaluate_set
     from fedistill.synthetic import SyntheticSet
 
+    if args.geometry is not None and args.model != "convnet":
+        raise UsageError(f"--geometry is a ConvNet option; the model is '{args.model}'")
     syn = SyntheticSet.load(args.file)
     test = load_dataset(syn.meta["dataset"], args.data_root, train=False, download=args.download)
     cfg = EvalConfig(
-        model=args.model, epochs=args.epochs, num_models=args.models, dsa=not args.no_dsa
+        model=args.model,
+        epochs=args.epochs,
+        num_models=args.models,
+        dsa=not args.no_dsa,
+        precision=args.precision,
+        model_kwargs={} if args.geometry is None else {"geometry": args.geometry},
     )
     res = evaluate_set(
         syn, test, cfg, seed=args.seed, device=args.device, progress=not (args.quiet or args.json)
@@ -203,6 +210,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fedistill.models import DEFAULT_GEOMETRY, GEOMETRIES  # evaluate's choices
+    from fedistill.trainer import PRECISIONS
+
     parser = _Parser(prog="fedistill", description="Federated learning by dataset distillation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -226,6 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=_positive_int, default=3)
     p.add_argument("--model", default="convnet", choices=["convnet", "mlp", "lenet", "resnet18"])
     p.add_argument("--no-dsa", action="store_true", help="train without DSA augmentation")
+    p.add_argument(
+        "--geometry",
+        choices=GEOMETRIES,
+        help="ConvNet on 28-px images: the reference code's 32→16→8→4 maps or the compact "
+        f"28→14→7→3 (default: {DEFAULT_GEOMETRY})",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16: autocast, faster where the CPU has bf16 units, not equal to fp32",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_common(p)

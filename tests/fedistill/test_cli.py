@@ -81,6 +81,8 @@ def test_distill_evaluate_show_round_trip(tmp_path, capsys):
             "not found: expected",
         ),
         (["evaluate", "/nonexistent/set.safetensors"], "not found"),
+        (["evaluate", "s.safetensors", "--precision", "fp8"], "invalid choice"),
+        (["evaluate", "s.safetensors", "--model", "mlp", "--geometry", "reference"], "ConvNet"),
         (["frobnicate"], "invalid choice"),
         (["distill", "--method", "random"], "required"),
     ],
