@@ -49,7 +49,11 @@ def settings() -> list[dict[str, Any]]:
 
 
 def mechanism_rows(trials: int, canaries: int, seeds: int) -> list[dict[str, Any]]:
-    from attacks.dp_audit import CanaryMechanism, gradient_canary_audit, one_run_gradient_audit
+    from attacks.dp_audit_power import (
+        CanaryMechanism,
+        gradient_canary_audit,
+        one_run_gradient_audit,
+    )
     from fedistill.distill.psg import PSGConfig
 
     out = []

@@ -507,7 +507,7 @@ class AttackCells:
             "delta": out["delta"],
         }
         if pcfg.method == "psg":  # white-box: gradient canaries in the mechanism itself
-            from attacks.dp_audit import audit_psg
+            from attacks.dp_audit_power import audit_psg
 
             white = audit_psg(
                 pcfg.method_options, len(self.train), spec.white_box_trials, seed=self.cfg.seed

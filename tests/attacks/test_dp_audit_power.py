@@ -12,14 +12,13 @@ import pytest
 import torch
 from scipy.stats import binom
 
-from attacks.dp_audit import (
+from attacks.dp_audit import DPAudit, verdict
+from attacks.dp_audit_power import (
     CanaryMechanism,
-    DPAudit,
     gradient_canary_audit,
     one_run_audit,
     one_run_epsilon_lb,
     one_run_gradient_audit,
-    verdict,
 )
 from fedistill.distill import distill
 from fedistill.distill.psg import PSGConfig
@@ -141,7 +140,7 @@ def test_one_run_gradient_audit_controls():
 def test_one_run_black_box_audit_of_a_pipeline_that_memorises(digits_train):
     """400 mislabelled canaries, one overfit non-private MLP run (no claim: inconclusive by
     definition), 40 guesses each way: memorisation shows as a clearly positive bound."""
-    from attacks.dp_audit import one_run_pipeline_audit
+    from attacks.dp_audit_power import one_run_pipeline_audit
     from attacks.targets import PipelineConfig
 
     cfg = PipelineConfig(model="mlp", epochs=150, lr=0.05, weight_decay=0.0, dsa=False,
@@ -154,7 +153,7 @@ def test_one_run_black_box_audit_of_a_pipeline_that_memorises(digits_train):
 
 
 def test_audit_psg_takes_the_method_options():
-    from attacks.dp_audit import audit_psg
+    from attacks.dp_audit_power import audit_psg
 
     a = audit_psg({"epsilon": 2.0, "iterations": 5}, N, 4_000)
     assert a.details["mechanism"]["steps"] == 5 * 10 * 2 and a.verdict == "consistent"
