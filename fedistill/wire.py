@@ -37,6 +37,7 @@ from fedistill.errors import ConfigError
 from fedistill.evaluate import EvalConfig
 from fedistill.federated import client_partitions
 from fedistill.models import build_model
+from fedistill.robust import AGGREGATORS  # FedAvg's rules (the server runs Flower's own)
 
 CONFIG_KEY = "config"
 ARRAYS_KEY = "arrays"
@@ -61,6 +62,9 @@ class RunSettings:
     method_options: str = ""  # "key=value,key=value" (values parsed as JSON where they can be)
     rounds: int = 1
     strategy: str = "feddm"
+    sanitise: bool = False  # feddm-robust: also drop the images the other clients outvote
+    aggregator: str = "fedavg"  # FedAvg rounds: fedavg | median | trimmed-mean | multikrum
+    num_malicious: int = 0  # multikrum: the malicious clients it assumes
     baseline: str = "fedavg"  # run after the main strategy, on the same nodes; "" for none
     fedavg_rounds: int = 10
     local_epochs: int = 3
@@ -103,6 +107,14 @@ class RunSettings:
             raise ConfigError(
                 f"unknown strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}"
             )
+        if self.aggregator not in AGGREGATORS:
+            raise ConfigError(
+                f"unknown aggregator '{self.aggregator}'; choose one of {', '.join(AGGREGATORS)}"
+            )
+        if self.num_malicious < 0:
+            raise ConfigError("num-malicious must be ≥ 0")
+        if self.sanitise and self.strategy != "feddm-robust":
+            raise ConfigError("sanitise needs strategy 'feddm-robust' (it votes with the filter)")
         if self.baseline not in ("", "none", "fedavg"):
             raise ConfigError(f"baseline must be 'fedavg' or '' (none), got '{self.baseline}'")
         for name in ("ipc", "rounds", "fedavg_rounds", "local_epochs", "batch_size"):

@@ -48,9 +48,23 @@ def main(grid: Grid, context: Context) -> None:
     try:
         test = load_split(s.dataset, s.data_root, False)
         if s.strategy == "fedavg":
-            run_fedavg(grid, s, test, results.main)
+            run_fedavg(
+                grid,
+                s,
+                test,
+                results.main,
+                aggregator=s.aggregator,
+                num_malicious=s.num_malicious,
+            )
         else:
-            outcome = run_feddm(grid, s, test, results.main, robust=s.strategy == "feddm-robust")
+            outcome = run_feddm(
+                grid,
+                s,
+                test,
+                results.main,
+                robust=s.strategy == "feddm-robust",
+                sanitise=s.sanitise,
+            )
             pool = outcome.pool
         results.main.finish()
         if s.run_baseline:

@@ -27,7 +27,7 @@ from fedistill.errors import ConfigError
 from fedistill.evaluate import accuracy
 from fedistill.federated import fedavg_weights
 from fedistill.synthetic import SyntheticSet
-from fedistill.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, RunSettings, new_model
+from fedistill.wire import AGGREGATORS, ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, RunSettings, new_model
 from server.records import model_to_record, record_to_model
 from server.results import Section
 from server.validate import ReplyError, decode_synthetic_reply, validate_update_reply
@@ -249,9 +249,6 @@ def _round_sanitiser(info: DatasetInfo, s: RunSettings):
 # --------------------------------------------------------------------------- FedAvg
 
 
-ROBUST_AGGREGATORS = ("fedavg", "median", "trimmed-mean", "multikrum")
-
-
 def aggregate_contents(
     contents: list[RecordDict],
     key: str,
@@ -273,9 +270,9 @@ def aggregate_contents(
     from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
     from flwr.serverapp.strategy.multikrum import select_multikrum
 
-    if aggregator not in ROBUST_AGGREGATORS:
+    if aggregator not in AGGREGATORS:
         raise ConfigError(
-            f"unknown aggregator '{aggregator}'; choose one of {', '.join(ROBUST_AGGREGATORS)}"
+            f"unknown aggregator '{aggregator}'; choose one of {', '.join(AGGREGATORS)}"
         )
     everyone = list(range(len(contents)))
     if aggregator == "fedavg":
@@ -320,9 +317,9 @@ class CheckedFedAvg(FedAvg):
         **kwargs: Any,
     ) -> None:
         super().__init__(fraction_evaluate=0.0, **kwargs)
-        if aggregator not in ROBUST_AGGREGATORS:
+        if aggregator not in AGGREGATORS:
             raise ConfigError(
-                f"unknown aggregator '{aggregator}'; choose one of {', '.join(ROBUST_AGGREGATORS)}"
+                f"unknown aggregator '{aggregator}'; choose one of {', '.join(AGGREGATORS)}"
             )
         self.section, self.settings = section, s
         self.aggregator, self.weighting = aggregator, weighting

@@ -222,6 +222,8 @@ def fedistill(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         (["-c", "ipc=[1"], "--run-config"),
         (["-c", "method='random' method-options='lr_img=2'"], "takes no option"),
         (["-c", "dataset='mnist' data-root='/nonexistent'"], "not found"),
+        (["-c", "aggregator='mean-ish'"], "unknown aggregator"),
+        (["-c", "sanitise=true"], "feddm-robust"),
     ],
 )
 def test_run_rejects_bad_flags_in_one_line(args, message, capsys):
@@ -387,3 +389,35 @@ def test_the_app_and_the_simulation_run_one_engine(tmp_path, digits_train):
     assert drop["reason"] == sim.rejected[3] and "plausible range" in drop["reason"]
     for a, b in zip(outcome.model.parameters(), sim.model.parameters(), strict=True):
         assert torch.equal(a, b)  # the same global model, bit for bit
+
+
+def test_the_app_runs_fedavg_with_a_robust_rule_from_its_run_config(tmp_path, monkeypatch):
+    """``aggregator`` / ``num-malicious`` in the run config reach the ServerApp's FedAvg (which
+    runs Flower's own rule)."""
+    import server.server_app as server_app
+
+    seen = {}
+    real = server_app.run_fedavg
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server_app, "run_fedavg", spy)
+    cfg = get_fused_config_from_dir(
+        PROJECT_ROOT,
+        {
+            **TINY,
+            "strategy": "fedavg",
+            "fedavg-rounds": 2,
+            "aggregator": "multikrum",
+            "num-malicious": 1,
+            "results-dir": str(tmp_path),
+            "run-name": "robust",
+        },
+    )
+    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg)
+    server_app.main(LocalGrid(cfg, 4), ctx)
+    assert seen["aggregator"] == "multikrum" and seen["num_malicious"] == 1
+    data = json.loads((tmp_path / "robust" / "results.json").read_text())
+    assert data["status"] == "completed" and data["accuracy"] > CHANCE + 0.2
