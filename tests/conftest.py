@@ -13,11 +13,12 @@ MNIST_SUBSET = REPO.parent / "shared" / "data" / "mnist-subset"
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Markers that follow from what a test uses, so they cannot be forgotten: every test
-    under tests/deployment/ starts Flower processes (``deployment``), every test that reads
-    the MNIST subset needs ../shared (``mnist``)."""
+    under tests/deployment/ starts Flower processes (``deployment``, and ``slow``), every test
+    that reads the MNIST subset needs ../shared (``mnist``)."""
     for item in items:
         if "tests/deployment/" in item.nodeid.replace("\\", "/"):
             item.add_marker(pytest.mark.deployment)
+            item.add_marker(pytest.mark.slow)  # 45-80 s each on 2 cores
         if "mnist_root" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.mnist)
 

@@ -182,42 +182,7 @@ def test_doorping_updates_the_trigger_inside_the_loop_and_runs_its_controls(
     assert out["attacked"]["clean_accuracy"] > 0.7
 
 
-# Measured 2026-12-02 (digits, IPC 10, p = 0.05, 3×3 patch, target 0, 5 × 20 DM iterations =
-# 100 trigger updates, ConvNet-32 proxy without normalisation, trigger on stamped images, top-5
-# units, α = 10; 3 final ConvNet-32 models × 100 epochs): DOORPING ASR 16.3 ± 13.3 %, its
-# random-trigger control 6.2 ± 0.4 %, NAIVE (white patch, same loop) 37.3 ± 11.8 %, clean
-# pipeline 2.4 %. Kept inside valid pixels, the activation-raising objective drives the patch
-# to all-white — NAIVE's trigger — so it cannot beat NAIVE on grey-scale 8×8 digits; unclamped
-# (as the reference code) the instance-normalised network's 1×1 features are bounded and the
-# pattern runs off to ±180 with ASR 0 %. The claim of issue 13 stays here, as a strict xfail.
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="DOORPING does not beat NAIVE on 8×8 digits at a small budget (measured; see above)",
-)
-def test_doorping_beats_its_random_trigger_control_and_naive_by_20_points(
-    digits_train, digits_test
-):
-    cfg = DoorpingConfig(
-        epochs=5,
-        dm_iterations=20,
-        patch_size=3,
-        model_kwargs={"width": 32},
-        proxy_kwargs={"width": 32, "norm": "none"},
-        trigger_input="stamped",
-        topk=5,
-    )
-    out = run_backdoor(
-        digits_train,
-        digits_test,
-        kind="doorping",
-        ipc=10,
-        p=0.05,
-        target=0,
-        eval_cfg=dataclasses.replace(SYN_CFG, num_models=3),
-        doorping_config=cfg,
-        controls=True,
-    )
-    asr = out["attacked"]["asr"]
-    assert asr >= out["random_trigger"]["asr"] + 0.20
-    assert asr > out["naive"]["asr"]
+# Whether DOORPING beats its random-trigger control by 20 points and NAIVE at the same p is an
+# accuracy target, so it lives in a benchmark: experiments/bench_doorping.py (its JSON says
+# whether the target is met; measured 2026-12-02 on digits it is not: the activation-raising
+# objective, kept inside valid pixels, drives the patch to all-white, NAIVE's own trigger).
