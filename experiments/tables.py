@@ -489,6 +489,63 @@ def eval_speed_table() -> str:
     return "\n".join(lines)
 
 
+def _rate(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def robustness_table() -> str:
+    """The set filter against adaptive attackers: detection, false rejections and the damage
+    an undetected attacker does, per attacker strength (and after the per-image sanitiser)."""
+    d = _load("bench_robustness.json")
+    if not d:
+        return _missing("bench_robustness.py")
+    b, c, m = d["budget"], d["clean"], d["machine"]
+    lines = [
+        "### Defences against adaptive clients: detection, false rejections, damage",
+        "",
+        f"{_made_by(d, 'bench_robustness.json')} ({m.get('date', '?')}; {d['seconds']:.0f} s, "
+        f"1-min load average {m.get('load_average_1m', 0):.1f}: shared machine)",
+        "",
+        f"One malicious client in one-shot FedDM ({b['method']} IPC {b['ipc']} on {b['dataset']}, "
+        f"global model {b['global_model']}); every point over {b['federations_per_point']} "
+        f"federations (α ∈ {b['alphas']} × clients ∈ {b['clients']} × {b['seeds']} seeds). "
+        f"Honest clients rejected on clean federations: {c['honest_rejected']} of "
+        f"{c['honest_total']}. The per-image sanitiser costs "
+        f"{100 * (c['accuracy'] - c['sanitised_accuracy']):.1f} points of clean accuracy "
+        f"({100 * c['sanitised_dropped_fraction']:.0f} % of images dropped).",
+        "",
+        "| attacker | strength | detected % | honest rejected % | damage (pts) | damage when "
+        "undetected (pts) | ASR / source→target % | after the sanitiser: damage, ASR / s→t |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for attack, points in d["curves"].items():
+        for pt in points:
+            hit = pt.get("asr") if pt.get("asr") is not None else pt.get("source_to_target")
+            san = pt.get("sanitised") or {}
+            s_hit = san.get("asr") if san.get("asr") is not None else san.get("source_to_target")
+            lines.append(
+                f"| {attack} | {pt['strength']} | {_rate(pt['detection_rate'])} | "
+                f"{_rate(pt['false_rejection_rate'])} | {_rate(pt['damage'])} | "
+                f"{_rate(pt['damage_undetected'])} | {_rate(hit)} | "
+                f"{_rate(san.get('accuracy_drop'))}, {_rate(s_hit)} |"
+            )
+    doorping = _load("bench_doorping.json")
+    if doorping:
+        r = doorping["results"]
+        lines += [
+            "",
+            f"DOORPING (published trigger update, {doorping['budget']['trigger_updates']} updates, "
+            f"p = {doorping['budget']['p']}, {doorping['dataset']}; "
+            f"{_made_by(doorping, 'bench_doorping.json')}): ASR "
+            f"{_rate(r['attacked']['asr'])} ± {_rate(r['attacked']['asr_std'])} % against its "
+            f"random-trigger control {_rate(r['random_trigger']['asr'])} % and NAIVE "
+            f"{_rate(r['naive']['asr'])} % at the same p (clean pipeline "
+            f"{_rate((r.get('baseline') or {}).get('asr'))} %): the target (20 points over the "
+            f"control, above NAIVE) is {'met' if doorping['target_met'] else '**not met**'}.",
+        ]
+    return "\n".join(lines) + _plots(".", [("robustness.png", "detection, FRR and damage curves")])
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "quickstart-output": quickstart_output,
     "distill": distill_table,
@@ -497,6 +554,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "federated": federated_table,
     "privacy": privacy_table,
     "dp-audit": dp_audit_table,
+    "robustness": robustness_table,
     "attacks": attacks_table,
 }
 
