@@ -87,7 +87,7 @@ def test_recorded_epsilon_equals_a_fresh_opacus_accountant(digits_train, monkeyp
     real_fn = psg_module.private_gradient
 
     def counting(*args, **kwargs):
-        calls.append(1)
+        calls.append(kwargs)  # what the mechanism was really asked for, step by step
         return real_fn(*args, **kwargs)
 
     monkeypatch.setattr(psg_module, "private_gradient", counting)
@@ -97,6 +97,12 @@ def test_recorded_epsilon_equals_a_fresh_opacus_accountant(digits_train, monkeyp
     assert len(calls) == priv["steps"] == cfg.steps == 2 * 2 * 2  # every evaluation counted
     assert priv["sample_rate"] == pytest.approx(256 / len(digits_train))
     assert priv["clip"] == cfg.clip and priv["delta"] == 1e-5 and priv["accountant"] == "rdp"
+    # the spy: every step ran with the recorded σ (> 0 for a finite ε), C and expected batch,
+    # so a loop that silently passed σ = 0 while recording σ fails here
+    assert priv["noise_multiplier"] > 0
+    for kw in calls:
+        assert kw["noise_multiplier"] == priv["noise_multiplier"] and kw["clip"] == priv["clip"]
+        assert kw["expected_batch"] == pytest.approx(priv["sample_rate"] * len(digits_train))
     acc = RDPAccountant()
     for _ in range(priv["steps"]):
         acc.step(noise_multiplier=priv["noise_multiplier"], sample_rate=priv["sample_rate"])
