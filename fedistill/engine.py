@@ -28,7 +28,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -76,25 +75,8 @@ class RoundRecord:
     dropped: dict[int, str]  # client -> reason, for every set the server refused
     accuracy: float | None  # None: nothing left to train on (the model is unchanged)
     accuracies: list[float] = field(default_factory=list)  # + fresh models (one-shot)
-    images: int = 0  # pooled images the model trained on
     sanitised: dict[int, int] | None = None  # images dropped per kept client
     server_seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "round": self.round,
-            "kept": self.kept,
-            "dropped": {str(k): v for k, v in self.dropped.items()},
-            "accuracy": self.accuracy,
-            "accuracies": self.accuracies,
-            "images": self.images,
-            **(
-                {"sanitised": {str(k): v for k, v in self.sanitised.items()}}
-                if self.sanitised is not None
-                else {}
-            ),
-            "server_seconds": self.server_seconds,
-        }
 
 
 class FedDMServer:
@@ -177,7 +159,6 @@ class FedDMServer:
             record.accuracies += fresh_model_accuracies(
                 pool, self.info, self.test, c.eval, c.seed, c.device
             )
-        record.images = sum(len(s) for s in pool)
         self.sets = {k: ok[k] for k in kept}
         log.info(
             "FedDM round %d/%d: %d sets kept, %d dropped, accuracy %.4f",

@@ -545,7 +545,6 @@ def simulate_feddm(
                 "cum_bytes_up": result.bytes_up,
                 "kept": record.kept,
                 "rejected": {str(k): v for k, v in sorted(rejected.items())},
-                **({"sanitised": record.to_dict()["sanitised"]} if record.sanitised else {}),
                 **({"epsilon": spent} if spent else {}),
                 "wall_seconds": time.perf_counter() - t_start,  # when this accuracy was known
             }
