@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from fedistill.augment import DSA, default_strategy
+from fedistill.config import TrainProtocol
 from fedistill.data import LabeledImages
 from fedistill.distill import distill, get_method
 from fedistill.errors import ConfigError
@@ -45,31 +46,24 @@ REAL = "real"
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(TrainProtocol):
     """One target pipeline: how the private subset becomes a model.
 
     ``method``/``ipc``/``method_options`` describe the distillation (ignored for ``real``); the
-    remaining fields are the protocol that trains the final model (``dsa``: train-time DSA
-    augmentation, as in the distillation literature's evaluation).
+    training protocol's fields (:class:`fedistill.config.TrainProtocol`) train the final model
+    (``dsa``: train-time DSA augmentation, as in the distillation literature's evaluation).
     """
 
     method: str = REAL
     ipc: int = 10
     method_options: dict[str, Any] = field(default_factory=dict)
-    model: str = "convnet"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 300
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    dsa: bool = True
-    dsa_strategy: str | None = None
     name: str | None = None  # label for tables and plots (default: built from the fields)
 
     def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("pipeline epochs and batch_size must be ≥ 1")
+        try:
+            self.validate_protocol()
+        except ConfigError as exc:
+            raise ConfigError(f"pipeline {exc}") from None
         if self.method != REAL:
             if not isinstance(self.ipc, int) or self.ipc < 1:
                 raise ConfigError(f"ipc must be a positive integer, got {self.ipc!r}")
@@ -78,18 +72,7 @@ class PipelineConfig:
             raise ConfigError("the 'real' pipeline takes no method options")
 
     def eval_config(self) -> EvalConfig:
-        return EvalConfig(
-            model=self.model,
-            epochs=self.epochs,
-            num_models=1,
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            dsa=self.dsa,
-            dsa_strategy=self.dsa_strategy,
-            model_kwargs=dict(self.model_kwargs),
-        )
+        return EvalConfig(**dataclasses.asdict(self.protocol()), num_models=1)
 
     @property
     def label(self) -> str:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import logging
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from fedistill.augment import DSA, default_strategy
+from fedistill.config import TrainProtocol
 from fedistill.data import DatasetInfo, LabeledImages, dataset_info
 from fedistill.errors import ConfigError
 from fedistill.models import build_model
@@ -46,17 +47,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class EvalConfig:
-    model: str = "convnet"
-    epochs: int = 300
+class EvalConfig(TrainProtocol):
+    """The training protocol (:class:`fedistill.config.TrainProtocol`), repeated over
+    ``num_models`` seeds, and how the models are scheduled on this machine."""
+
     num_models: int = 3
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    dsa: bool = True
-    dsa_strategy: str | None = None  # None: the dataset's default (no flips for digits)
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
     # models trained at once; None: one per intra-op thread (at most num_models), 1: in turn
     workers: int | None = None
     # images per forward/backward chunk (gradients accumulated; equal up to float rounding);
@@ -66,8 +61,9 @@ class EvalConfig:
     precision: str = "fp32"
 
     def validate(self) -> None:
-        if self.epochs < 1 or self.num_models < 1 or self.batch_size < 1:
-            raise ConfigError("epochs, num_models and batch_size must be ≥ 1")
+        self.validate_protocol()
+        if self.num_models < 1:
+            raise ConfigError("num_models must be ≥ 1")
         if self.workers is not None and self.workers < 1:
             raise ConfigError("workers must be ≥ 1 (or None for one per thread)")
         if self.chunk is not None and self.chunk < 0:

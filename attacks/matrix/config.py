@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
-import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from attacks.targets import REAL, PipelineConfig
+from fedistill.config import TRAIN_FIELDS, TrainProtocol, load_dataclass
 from fedistill.errors import ConfigError, UnknownNameError
 
 SCHEMA = "fedistill.attack-matrix/1"
@@ -42,43 +41,25 @@ POPULATIONS = ("exposed", "all")
 
 
 @dataclass
-class BudgetConfig:
+class BudgetConfig(TrainProtocol):
     """The shared budget: default IPC and distillation iterations, and how every final model is
-    trained (the evaluation protocol's fields; a row may override them in its ``train`` table)."""
+    trained (the training protocol's fields; a row may override them in its ``train`` table)."""
 
     ipc: int = 10
     distill_iterations: int | None = None  # default `iterations` of methods that have one
-    model: str = "convnet"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 300
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    dsa: bool = True
-    dsa_strategy: str | None = None
 
     def train_fields(self) -> dict[str, Any]:
-        return {k: copy.deepcopy(getattr(self, k)) for k in TRAIN_FIELDS}
+        return dataclasses.asdict(self.protocol())
 
     def validate(self) -> None:
         if self.ipc < 1:
             raise ConfigError(f"budget: ipc must be ≥ 1, got {self.ipc}")
         if self.distill_iterations is not None and self.distill_iterations < 0:
             raise ConfigError("budget: distill-iterations must be ≥ 0")
-
-
-TRAIN_FIELDS = (
-    "model",
-    "model_kwargs",
-    "epochs",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "batch_size",
-    "dsa",
-    "dsa_strategy",
-)
+        try:
+            self.validate_protocol()
+        except ConfigError as exc:
+            raise ConfigError(f"budget: {exc}") from None
 
 
 @dataclass
@@ -326,52 +307,7 @@ def _key(k: str) -> str:
     return k.replace("-", "_")
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is Any:
-        return True
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin is list:
-        (inner,) = typing.get_args(hint) or (Any,)
-        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    return True
-
-
-def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
-def make_config(cls: type, table: dict[str, Any], where: str) -> Any:
-    """``cls(**table)`` with hyphenated keys accepted, unknown keys and wrong types refused."""
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where} must be a table, got {type(table).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    kwargs = {}
-    for raw, value in table.items():
-        key = _key(raw)
-        if key not in names:
-            known = ", ".join(n.replace("_", "-") for n in names)
-            raise ConfigError(f"{where}: unknown key '{raw}' (known: {known})")
-        if not _type_ok(value, hints[key]):
-            raise ConfigError(f"{where}: '{raw}' must be {_type_name(hints[key])}, got {value!r}")
-        if hints[key] is float and isinstance(value, int):
-            value = float(value)
-        kwargs[key] = value
-    return cls(**kwargs)
+make_config = load_dataclass  # TOML tables: strict types
 
 
 def _row(entry: Any, i: int) -> RowSpec:
