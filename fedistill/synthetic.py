@@ -5,6 +5,10 @@ or float32 N×K soft labels) and provenance. It is saved as a safetensors file: 
 ``images`` and ``labels``, and a JSON document in the safetensors metadata under the key
 ``fedistill``. Loading parses the header itself before any tensor is read, never unpickles, and
 refuses anything malformed with one :class:`~fedistill.errors.SyntheticSetError`.
+
+A factorised set (:mod:`fedistill.factorised`) names its decoder in the metadata; a ``haba``
+set also carries its hallucinators' weights as extra float32 tensors (``extras``), whose names
+and shapes the metadata fixes exactly: any other extra tensor, or a missing one, is refused.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class SyntheticSet:
     images: Tensor
     labels: Tensor
     meta: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Tensor] = field(default_factory=dict)  # a factorised set's decoder weights
 
     def __post_init__(self) -> None:
         self.images = self.images.detach().to("cpu", torch.float32).contiguous()
@@ -49,7 +54,11 @@ class SyntheticSet:
         self.meta.setdefault(
             "label_kind", "hard" if not self.labels.is_floating_point() else "soft"
         )
+        self.extras = {k: v.detach().to("cpu").contiguous() for k, v in self.extras.items()}
         validate(self.images, self.labels, self.meta)
+        from fedistill.factorised import check_layout
+
+        check_layout(self.images, self.meta, self.extras)
 
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:
@@ -68,7 +77,11 @@ class SyntheticSet:
         return self.labels if not self.labels.is_floating_point() else self.labels.argmax(1)
 
     def nbytes(self) -> int:
-        return self.images.numel() * 4 + self.labels.numel() * self.labels.element_size()
+        extra = sum(t.numel() * t.element_size() for t in self.extras.values())
+        return self.images.numel() * 4 + self.labels.numel() * self.labels.element_size() + extra
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {"images": self.images, "labels": self.labels, **self.extras}
 
     # ------------------------------------------------------------------ file
     def save(self, path: str | Path) -> Path:
@@ -77,7 +90,7 @@ class SyntheticSet:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(
-            {"images": self.images, "labels": self.labels},
+            self._tensors(),
             str(path),
             metadata={META_KEY: json.dumps(self.meta, sort_keys=True)},
         )
@@ -103,11 +116,16 @@ class SyntheticSet:
             tensors = st_load(blob)
         except Exception as exc:  # safetensors' parser (Rust) never executes code
             raise SyntheticSetError(f"{source}: not a valid safetensors file ({exc})") from None
-        if set(tensors) != {"images", "labels"}:
+        if not {"images", "labels"} <= set(tensors):
             raise SyntheticSetError(
                 f"{source}: expected tensors 'images' and 'labels', found {sorted(tensors)}"
             )
         meta = _parse_meta(header, source)
+        extras = {k: v for k, v in tensors.items() if k not in ("images", "labels")}
+        if extras and meta.get("decoder") != "haba":
+            raise SyntheticSetError(
+                f"{source}: expected tensors 'images' and 'labels', found {sorted(tensors)}"
+            )
         if tensors["images"].dtype != torch.float32:
             raise SyntheticSetError(
                 f"{source}: images must be float32, got {tensors['images'].dtype}"
@@ -117,7 +135,7 @@ class SyntheticSet:
                 f"{source}: labels must be int64 or float32, got {tensors['labels'].dtype}"
             )
         try:
-            return cls(tensors["images"], tensors["labels"], meta)
+            return cls(tensors["images"], tensors["labels"], meta, extras)
         except SyntheticSetError as exc:
             raise SyntheticSetError(f"{source}: {exc}") from None
 
@@ -125,12 +143,14 @@ class SyntheticSet:
         from safetensors.torch import save
 
         return save(
-            {"images": self.images, "labels": self.labels},
+            self._tensors(),
             metadata={META_KEY: json.dumps(self.meta, sort_keys=True)},
         )
 
     # ------------------------------------------------------------------ arrays (Flower transport)
     def to_arrays(self) -> dict[str, np.ndarray]:
+        if self.extras:
+            raise SyntheticSetError("a set with extra tensors (haba) travels as a file, not arrays")
         return {"x": self.images.numpy(), "y": self.labels.numpy()}
 
     @classmethod
@@ -153,6 +173,8 @@ class SyntheticSet:
         """Pool several sets of the same dataset (soft and hard labels mix as soft)."""
         if not sets:
             raise SyntheticSetError("cannot pool an empty list of synthetic sets")
+        if any(s.meta.get("decoder") is not None for s in sets):
+            raise SyntheticSetError("decode factorised sets (fedistill.factorised.decode) to pool")
         k = sets[0].num_classes
         soft = any(s.labels.is_floating_point() for s in sets)
         labels = [
