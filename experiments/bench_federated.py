@@ -63,7 +63,8 @@ import torch
 
 from fedistill.data import LabeledImages, load_dataset
 from fedistill.errors import FedistillError
-from fedistill.federated import eval_config_from, simulate_fedavg, simulate_feddm
+from fedistill.evaluate import EvalConfig
+from fedistill.federated import simulate_fedavg, simulate_feddm
 from fedistill.tomlfile import load_toml
 from server.staging import stage_app, toml_value
 
@@ -164,9 +165,7 @@ def run_feddm(train: LabeledImages, test: LabeledImages, alpha: float, b: Budget
         method=b.method,
         ipc=b.ipc,
         method_config=_method_overrides(b),
-        eval_cfg=eval_config_from(
-            epochs=b.eval_epochs, num_models=1, model_kwargs=_model_kwargs(b)
-        ),
+        eval_cfg=EvalConfig(epochs=b.eval_epochs, num_models=1, model_kwargs=_model_kwargs(b)),
         rounds=b.feddm_rounds,
         seed=seed,
     )
@@ -279,8 +278,8 @@ def flower_overhead(data_root: Path, b: Budget, seed: int, alpha: float = 0.5) -
         "rounds": 1,
         "strategy": "feddm",
         "seed": seed,
-        "eval-epochs": b.flower_eval_epochs or b.eval_epochs,
-        "eval-models": 1,
+        "eval.epochs": b.flower_eval_epochs or b.eval_epochs,
+        "eval.num-models": 1,
         "baseline": "",  # no FedAvg after the FedDM round: one round is what is measured
         "min-nodes": b.clients,
         "client-threads": 1,

@@ -70,18 +70,50 @@ def load_dataclass(
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table, got {type(table).__name__}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
-    for raw, value in table.items():
+    for raw, value in _nest(table).items():
         key = str(raw).replace("-", "_")
-        if key not in names:
-            known = ", ".join(n.replace("_", "-") for n in names)
+        if key not in fields:
+            known = ", ".join(n.replace("_", "-") for n in fields)
             raise ConfigError(f"{where}: unknown key '{raw}' (known: {known})")
-        kwargs[key] = _typed(value, hints[key], f"{where}: '{raw}'", parse_strings)
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            # a nested table (``eval.epochs = 3`` in a flat run config) overrides the default
+            base = _default(fields[key])
+            part = load_dataclass(type(base), value, f"{where} {raw}", parse_strings=parse_strings)
+            given = {k.replace("-", "_") for k in _nest(value)}
+            kwargs[key] = dataclasses.replace(base, **{k: getattr(part, k) for k in given})
+        else:
+            kwargs[key] = _typed(value, hint, f"{where}: '{raw}'", parse_strings)
     obj = cls(**kwargs)
     if validate:
         obj.validate()
     return obj
+
+
+def _nest(table: dict[str, Any]) -> dict[str, Any]:
+    """``{"eval.epochs": 3}`` → ``{"eval": {"epochs": 3}}`` (Flower flattens nested tables of a
+    run config into dotted keys)."""
+    out: dict[str, Any] = {}
+    for raw, value in table.items():
+        head, dot, rest = str(raw).partition(".")
+        if dot:
+            inner = out.setdefault(head, {})
+            if not isinstance(inner, dict):
+                raise ConfigError(f"'{head}' is both a value and a table")
+            inner[rest] = value
+        elif isinstance(out.get(head), dict) and isinstance(value, dict):
+            out[head].update(value)
+        else:
+            out[head] = value
+    return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return copy.deepcopy(f.default)
 
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")

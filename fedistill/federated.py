@@ -677,16 +677,3 @@ def simulate_fedavg(
     result.accuracies = [result.accuracy]
     result.wall_seconds = time.perf_counter() - t_start
     return result
-
-
-def eval_config_from(
-    epochs: int = 300, num_models: int = 1, model: str = "convnet", dsa: bool = True, **kw: Any
-) -> EvalConfig:
-    """An EvalConfig from flat run-config values (unknown keys are a ConfigError)."""
-    names = {f.name for f in dataclasses.fields(EvalConfig)}
-    bad = sorted(set(kw) - names)
-    if bad:
-        raise ConfigError(f"evaluation takes no option {', '.join(bad)}")
-    cfg = EvalConfig(model=model, epochs=epochs, num_models=num_models, dsa=dsa, **kw)
-    cfg.validate()
-    return cfg

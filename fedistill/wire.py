@@ -20,11 +20,11 @@ Settings come from the Flower run config (``[tool.flwr.app.config]`` in pyprojec
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedistill.config import load_dataclass
 from fedistill.data import DatasetInfo, LabeledImages, load_dataset
 from fedistill.errors import ConfigError
 from fedistill.evaluate import EvalConfig
@@ -71,11 +72,8 @@ class RunSettings:
     fedavg_lr: float = 0.05
     batch_size: int = 32
     seed: int = 0
-    eval_epochs: int = 300
-    eval_models: int = 1
-    eval_model: str = "convnet"
-    eval_dsa: bool = True
-    eval_lr: float = 0.01
+    # the global model's training on the pooled sets: run-config keys eval.epochs, eval.lr, …
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(num_models=1))
     device: str = "cpu"
     results_dir: str = "results"
     run_name: str = ""
@@ -90,17 +88,9 @@ class RunSettings:
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
         """Typed settings; keys this app does not know are an error, missing keys default."""
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, raw in run_config.items():
-            name = key.replace("-", "_")
-            if name not in names:
-                raise ConfigError(f"unknown run-config key '{key}'")
-            values[name] = _coerce(key, raw, hints[name])
-        settings = cls(**values)
-        settings.validate()
-        return settings
+        return load_dataclass(
+            cls, dict(run_config), "run-config", parse_strings=True, validate=True
+        )
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -122,6 +112,10 @@ class RunSettings:
                 raise ConfigError(f"{name.replace('_', '-')} must be ≥ 1")
         if self.max_upload_mb <= 0:
             raise ConfigError("max-upload-mb must be > 0")
+        try:
+            self.eval.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"run-config eval: {exc}") from None
 
     # ------------------------------------------------------------------ derived
     @property
@@ -137,15 +131,7 @@ class RunSettings:
         return self.baseline == "fedavg" and self.strategy != "fedavg"
 
     def eval_config(self) -> EvalConfig:
-        cfg = EvalConfig(
-            model=self.eval_model,
-            epochs=self.eval_epochs,
-            num_models=self.eval_models,
-            lr=self.eval_lr,
-            dsa=self.eval_dsa,
-        )
-        cfg.validate()
-        return cfg
+        return copy.deepcopy(self.eval)
 
     def method_overrides(self) -> dict[str, Any]:
         """The method's config overrides: ``method-options``, plus ``iterations`` and
@@ -171,26 +157,14 @@ class RunSettings:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
-
-
-def _coerce(key: str, raw: Any, kind: Any) -> Any:
-    try:
-        if kind is bool:
-            if isinstance(raw, str):
-                if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(raw)
-                return raw.lower() in ("true", "1", "yes")
-            return bool(raw)
-        if kind is int:
-            if isinstance(raw, float) and not raw.is_integer():
-                raise ValueError(raw)
-            return int(raw)
-        if kind is float:
-            return float(raw)
-        return str(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"run-config '{key}': expected {kind.__name__}, got {raw!r}") from None
+        """The run config as Flower keeps it: hyphenated keys, nested tables flattened."""
+        out: dict[str, Any] = {}
+        for key, value in dataclasses.asdict(self).items():
+            if isinstance(value, dict):
+                out |= {f"{key}.{k.replace('_', '-')}": v for k, v in value.items()}
+            else:
+                out[key.replace("_", "-")] = value
+        return out
 
 
 # --------------------------------------------------------------------------- data
@@ -236,7 +210,7 @@ def model_to_arrays(model: nn.Module) -> dict[str, np.ndarray]:
 
 def new_model(s: RunSettings, info: DatasetInfo) -> nn.Module:
     """The global model's architecture (the server's evaluation model)."""
-    return build_model(s.eval_model, info)
+    return build_model(s.eval.model, info, **s.eval.model_kwargs)
 
 
 def _decoded(key: str, value: Any) -> np.ndarray:

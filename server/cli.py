@@ -51,7 +51,10 @@ def _flwr_app(root: Path) -> dict[str, Any]:
 
 
 def _project_config(root: Path) -> dict[str, Any]:
-    return _flwr_app(root).get("config", {})
+    """The app's run config as Flower reads it: nested tables flattened to dotted keys."""
+    from flwr.common.config import flatten_dict
+
+    return flatten_dict(_flwr_app(root).get("config", {}))
 
 
 def app_components(root: Path) -> tuple[str, str]:

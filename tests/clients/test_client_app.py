@@ -17,7 +17,7 @@ from fedistill.wire import RunSettings, new_model, settings_partition
 from server.cli import PROJECT_ROOT
 from server.validate import validate_synthetic_reply, validate_update_reply
 
-TINY = {"method": "random", "ipc": 3, "eval-model": "mlp"}
+TINY = {"method": "random", "ipc": 3, "eval.model": "mlp"}
 
 
 @pytest.fixture(autouse=True)
@@ -102,13 +102,20 @@ def test_malicious_hook_only_hits_its_partition():
 
 
 def test_run_settings_types_and_checks():
-    s = RunSettings.from_run_config({"ipc": "4", "alpha": 1, "eval-dsa": "false", "seed": 2.0})
-    assert (s.ipc, s.alpha, s.eval_dsa, s.seed) == (4, 1.0, False, 2)
+    s = RunSettings.from_run_config({"ipc": "4", "alpha": 1, "eval.dsa": "false", "seed": 2.0})
+    assert (s.ipc, s.alpha, s.eval.dsa, s.seed) == (4, 1.0, False, 2)
     assert s.ipc_cap == 4 and RunSettings(max_ipc=7).ipc_cap == 7
-    with pytest.raises(ConfigError, match="unknown run-config key"):
+    with pytest.raises(ConfigError, match="run-config: unknown key 'no-such-key'"):
         RunSettings.from_run_config({"no-such-key": 1})
-    with pytest.raises(ConfigError, match="expected int"):
+    with pytest.raises(ConfigError, match="run-config: 'ipc' must be int, got 'ten'"):
         RunSettings.from_run_config({"ipc": "ten"})
+    # the training protocol is one nested table: eval.* keys override its defaults alone
+    s = RunSettings.from_run_config({"eval.epochs": "7", "eval.lr": 0.5})
+    assert (s.eval.epochs, s.eval.lr, s.eval.num_models, s.eval.dsa) == (7, 0.5, 1, True)
+    with pytest.raises(ConfigError, match="run-config eval: unknown key 'epoch'"):
+        RunSettings.from_run_config({"eval.epoch": 7})
+    with pytest.raises(ConfigError, match="must be ≥ 1"):
+        RunSettings.from_run_config({"eval.epochs": 0})
     with pytest.raises(ConfigError, match="strategy"):
         RunSettings.from_run_config({"strategy": "fedsgd"})
     assert RunSettings(method="random").method_overrides() == {}  # random has no iterations
@@ -118,10 +125,13 @@ def test_run_settings_types_and_checks():
     with pytest.raises(ConfigError, match="takes no option"):
         RunSettings(method="random", method_options="lr_img=1").method_overrides()
     assert RunSettings(run_name="x").to_dict()["run-name"] == "x"
+    assert RunSettings().to_dict()["eval.num-models"] == 1
 
 
 def test_every_pyproject_key_is_a_setting():
     cfg = get_fused_config_from_dir(PROJECT_ROOT, {})
     s = RunSettings.from_run_config(cfg)
-    assert set(s.to_dict()) == set(cfg)
+    # every setting a run config can hold is in pyproject (None and {} defaults cannot be)
+    representable = {k for k, v in s.to_dict().items() if isinstance(v, bool | int | float | str)}
+    assert representable == set(cfg)
     assert s == RunSettings()  # the dataclass defaults are the app's defaults

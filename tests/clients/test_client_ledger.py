@@ -19,7 +19,7 @@ from server.validate import validate_synthetic_reply
 PSG = {
     "method": "psg",
     "ipc": 1,
-    "eval-model": "mlp",
+    "eval.model": "mlp",
     "iterations": 2,
     "batch-real": 16,
     "rounds": 2,

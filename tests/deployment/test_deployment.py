@@ -36,8 +36,8 @@ TINY = {
     "rounds": 1,
     "strategy": "feddm",
     "seed": 0,
-    "eval-epochs": 40,
-    "eval-models": 1,
+    "eval.epochs": 40,
+    "eval.num-models": 1,
     "device": "cpu",
     "baseline": "",  # no FedAvg baseline after the main strategy
     "min-nodes": NUM_NODES,  # the ServerApp waits for all three SuperNodes

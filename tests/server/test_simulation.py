@@ -29,10 +29,10 @@ CHANCE = 0.1
 TINY = {
     "method": "random",
     "ipc": 5,
-    "eval-model": "mlp",
-    "eval-epochs": 40,
-    "eval-lr": 0.05,
-    "eval-dsa": False,
+    "eval.model": "mlp",
+    "eval.epochs": 40,
+    "eval.lr": 0.05,
+    "eval.dsa": False,
     "fedavg-lr": 0.05,
     "baseline": "",
     "partitioner": "iid",
@@ -241,8 +241,8 @@ def test_flower_simulation_end_to_end(tmp_path):
     both finish, results.json and the plots are written, the table is printed."""
     method = "dm" if _has_method("dm") else "random"
     config = (
-        f"method='{method}' iterations=5 ipc=5 eval-epochs=40 eval-models=1 eval-dsa=false "
-        "eval-model='convnet' eval-lr=0.02 fedavg-rounds=2 malicious='3:nan' partitioner='iid'"
+        f"method='{method}' iterations=5 ipc=5 eval.epochs=40 eval.num-models=1 eval.dsa=false "
+        "eval.model='convnet' eval.lr=0.02 fedavg-rounds=2 malicious='3:nan' partitioner='iid'"
     )
     out = fedistill(
         "run",
