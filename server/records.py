@@ -3,6 +3,8 @@ ArrayRecords and back, in this one place."""
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord
 from torch import nn
 
@@ -17,3 +19,12 @@ def model_to_record(model: nn.Module) -> ArrayRecord:
 def record_to_model(record: ArrayRecord, s: RunSettings, info: DatasetInfo) -> nn.Module:
     """A client's (FedAvg) or the aggregated model, checked against the run's architecture."""
     return arrays_to_model(record, s, info)
+
+
+def record_to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """A validated update's arrays as a state dict, for the library's aggregation rules."""
+    return {k: torch.from_numpy(np.array(record[k].numpy())) for k in record}
+
+
+def state_to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    return ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in state.items()})

@@ -1,9 +1,10 @@
 """The server's strategies: FedDM (one-shot and multi-round, optionally robust) and FedAvg.
 
-FedDM is a loop of its own (its replies are synthetic sets, not model updates, so Flower's
-FedAvg, which wants exactly one ArrayRecord to average, does not apply). FedAvg is Flower's
-own ``FedAvg`` with its ``start`` loop; the subclass here only checks each reply before
-Flower averages it and records per-client metrics and bytes.
+Both are Flower ``Strategy`` subclasses run by Flower's own ``start`` loop, each a thin layer
+over the library: ``FedDMStrategy`` hands the decoded sets to the library's FedDM engine
+(:class:`fedistill.engine.FedDMServer`, the round the in-process simulation runs);
+``CheckedFedAvg`` validates each update and aggregates with the library's rules
+(:func:`fedistill.robust.robust_aggregate`, as the in-process FedAvg does).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from flwr.serverapp.strategy import FedAvg, Strategy
 from torch import nn
 
 from fedistill.data import DatasetInfo, LabeledImages
@@ -26,9 +26,10 @@ from fedistill.engine import FedDMServer, FederationConfig
 from fedistill.errors import ConfigError
 from fedistill.evaluate import accuracy
 from fedistill.federated import fedavg_weights
+from fedistill.robust import robust_aggregate
 from fedistill.synthetic import SyntheticSet
 from fedistill.wire import AGGREGATORS, ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, RunSettings, new_model
-from server.records import model_to_record, record_to_model
+from server.records import model_to_record, record_to_model, record_to_state, state_to_record
 from server.results import Section
 from server.validate import ReplyError, decode_synthetic_reply, validate_update_reply
 
@@ -115,72 +116,109 @@ def unreachable(dropped: list[dict[str, Any]]) -> set[int]:
     }
 
 
-def run_feddm(
-    grid: Grid,
-    s: RunSettings,
-    test: LabeledImages,
-    section: Section,
-    *,
-    robust: bool = False,
-    sanitise: bool = False,
-) -> FedDMOutcome:
-    """FedDM rounds over Flower: send (config, global model), decode the replies, and hand the
-    sets to the library's engine (:class:`fedistill.engine.FedDMServer`: check, filter,
-    sanitise, pool, train, evaluate) — the same round the in-process simulation runs.
+class FedDMStrategy(Strategy):
+    """FedDM as a Flower strategy around the library's engine.
+
+    ``configure_train`` asks every connected node for a synthetic set (with the global model
+    after round 1); ``aggregate_train`` decodes the replies — what never became a set is dropped
+    here with the message's reason — and hands the sets to
+    :class:`fedistill.engine.FedDMServer` (check, filter, sanitise, pool, train, evaluate): the
+    same round the in-process simulation runs. It returns the new global model's arrays, so
+    Flower's ``Strategy.start`` loop sends them in the next round. FedDM has no client-side
+    evaluation (``configure_evaluate`` sends nothing).
 
     With ``robust`` the sets pass :func:`fedistill.robust.filter_sets`; with ``sanitise`` too,
     the kept sets then lose the images the other clients' models outvote
-    (:func:`fedistill.robust.sanitise_sets`; the counts go to the round's ``sanitised``)."""
-    info: DatasetInfo = test.info
-    server = FedDMServer(
-        info,
-        test,
-        FederationConfig(
-            eval=s.eval_config(),
-            rounds=s.rounds,
-            max_ipc=s.ipc_cap,
-            max_bytes=s.max_bytes,
-            seed=s.seed,
-            device=s.device,
-        ),
-        set_filter=_round_filter(info, s) if robust else None,
-        sanitiser=_round_sanitiser(info, s) if robust and sanitise else None,
-    )
-    outcome = FedDMOutcome(None, None)
-    for rnd in range(1, s.rounds + 1):
-        nodes = wait_for_nodes(grid, s.min_nodes, s.node_wait)
+    (:func:`fedistill.robust.sanitise_sets`; the counts go to the round's ``sanitised``).
+    """
+
+    def __init__(
+        self,
+        s: RunSettings,
+        test: LabeledImages,
+        section: Section,
+        *,
+        robust: bool = False,
+        sanitise: bool = False,
+    ) -> None:
+        info: DatasetInfo = test.info
+        self.settings, self.section, self.info = s, section, info
+        self.server = FedDMServer(
+            info,
+            test,
+            FederationConfig(
+                eval=s.eval_config(),
+                rounds=s.rounds,
+                max_ipc=s.ipc_cap,
+                max_bytes=s.max_bytes,
+                seed=s.seed,
+                device=s.device,
+            ),
+            set_filter=_round_filter(info, s) if robust else None,
+            sanitiser=_round_sanitiser(info, s) if robust and sanitise else None,
+        )
+        self.pool: SyntheticSet | None = None
+        self.sets: dict[int, SyntheticSet] = {}
+        self._messages: list[Message] = []
+        self._pending: dict[str, Any] = {}
+
+    def summary(self) -> None:
+        s = self.settings
         log.info(
-            "[FedDM round %d/%d] asking %d nodes for synthetic sets", rnd, s.rounds, len(nodes)
-        )
-        content = RecordDict(
-            {CONFIG_KEY: ConfigRecord({"strategy": s.strategy, "server-round": rnd})}
-        )
-        if server.model is not None:
-            content[ARRAYS_KEY] = model_to_record(server.model)
-        down = content_bytes(content) * len(nodes)
-        messages = [
-            Message(content, dst_node_id=n, message_type=MessageType.TRAIN, group_id=str(rnd))
-            for n in nodes
-        ]
-        t_send = time.perf_counter()
-        replies = replies_by_node(
-            messages, grid.send_and_receive(messages, timeout=s.reply_timeout)
-        )
-        log.info(
-            "[FedDM round %d] %d/%d replies in %.1f s",
-            rnd,
-            len(replies),
-            len(nodes),
-            time.perf_counter() - t_send,
+            "FedDM (%s): %d round(s), method %s, IPC %d, global model %s for %d epochs",
+            s.strategy,
+            s.rounds,
+            s.method,
+            s.ipc,
+            s.eval.model,
+            s.eval.epochs,
         )
 
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        s = self.settings
+        nodes = wait_for_nodes(grid, s.min_nodes, s.node_wait)
+        log.info(
+            "[FedDM round %d/%d] asking %d nodes for synthetic sets",
+            server_round,
+            s.rounds,
+            len(nodes),
+        )
+        content = RecordDict(
+            {CONFIG_KEY: ConfigRecord({"strategy": s.strategy, "server-round": server_round})}
+        )
+        if len(arrays):  # the global model, from round 2 on
+            content[ARRAYS_KEY] = arrays
+        self._messages = [
+            Message(
+                content, dst_node_id=n, message_type=MessageType.TRAIN, group_id=str(server_round)
+            )
+            for n in nodes
+        ]
+        self._pending = {"down": content_bytes(content) * len(nodes), "t0": time.perf_counter()}
+        return self._messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        s, info = self.settings, self.info
+        nodes = [m.metadata.dst_node_id for m in self._messages]
+        got = replies_by_node(self._messages, replies)
+        log.info(
+            "[FedDM round %d] %d/%d replies in %.1f s",
+            server_round,
+            len(got),
+            len(nodes),
+            time.perf_counter() - self._pending["t0"],
+        )
         # the transport: what never became a set is dropped here, with the message's reason
         sets: dict[int, SyntheticSet] = {}
         clients: dict[int, dict[str, Any]] = {}
         dropped: list[dict[str, Any]] = []
         up = 0
         for node in nodes:
-            msg = replies.get(node)
+            msg = got.get(node)
             if msg is None:
                 dropped.append(_drop(node, f"no reply within {s.reply_timeout:g} s"))
                 continue
@@ -200,7 +238,7 @@ def run_feddm(
                 valid.metrics, bytes=valid.payload_bytes, client_reported=valid.client_reported
             )
 
-        record = server.aggregate(rnd, sets)  # the library's round, as in-process
+        record = self.server.aggregate(server_round, sets)  # the library's round
         for node, reason in record.dropped.items():
             row = _drop(node, reason)
             if "partition_id" in clients.get(node, {}):
@@ -212,24 +250,58 @@ def run_feddm(
         if record.sanitised is not None:
             extra["sanitised"] = {str(k): v for k, v in record.sanitised.items()}
         if record.accuracy is not None:
-            outcome.pool = SyntheticSet.concat([server.sets[k] for k in record.kept])
-            section.set(accuracies=record.accuracies)
+            self.pool = SyntheticSet.concat([self.server.sets[k] for k in record.kept])
+            self.section.set(accuracies=record.accuracies)
             if len(record.accuracies) > 1:
                 extra["accuracies"] = record.accuracies
-        section.add_round(
-            rnd,
+        self.section.add_round(
+            server_round,
             accuracy=record.accuracy,
             bytes_up=up,
-            bytes_down=down,
+            bytes_down=self._pending["down"],
             clients=clients,
             dropped=dropped,
             kept=record.kept,
             server_seconds=record.server_seconds,
             extra=extra,
         )
-        outcome.sets = {k: server.sets[k] for k in record.kept}
-    outcome.model = server.model
-    return outcome
+        self.sets = {k: self.server.sets[k] for k in record.kept}
+        metrics = MetricRecord({"kept": len(record.kept), "dropped": len(dropped)})
+        if record.accuracy is not None:
+            metrics["accuracy"] = float(record.accuracy)
+        model = self.server.model
+        return (model_to_record(model) if model is not None else None), metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []  # the server evaluates the global model itself (in aggregate_train)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return None
+
+
+def run_feddm(
+    grid: Grid,
+    s: RunSettings,
+    test: LabeledImages,
+    section: Section,
+    *,
+    robust: bool = False,
+    sanitise: bool = False,
+) -> FedDMOutcome:
+    """FedDM's rounds: :class:`FedDMStrategy` under Flower's own ``Strategy.start`` loop
+    (round 1 starts from no model: an empty ArrayRecord)."""
+    strategy = FedDMStrategy(s, test, section, robust=robust, sanitise=sanitise)
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(),
+        num_rounds=s.rounds,
+        timeout=s.reply_timeout,
+    )
+    return FedDMOutcome(strategy.server.model, strategy.pool, strategy.sets)
 
 
 def _round_filter(info: DatasetInfo, s: RunSettings):
@@ -249,48 +321,23 @@ def _round_sanitiser(info: DatasetInfo, s: RunSettings):
 # --------------------------------------------------------------------------- FedAvg
 
 
-def aggregate_contents(
-    contents: list[RecordDict],
-    key: str,
-    weighted_by: str,
+def aggregate_updates(
+    records: list[ArrayRecord],
+    weights: list[float],
     aggregator: str = "fedavg",
     *,
     beta: float = 0.2,
     num_malicious: int = 0,
-    num_selected: int | None = None,
-) -> tuple[ArrayRecord, list[int]]:
-    """Validated replies aggregated with Flower's own rules: ``fedavg``
-    (``aggregate_arrayrecords``, weighted by ``weighted_by``), ``median`` (FedMedian's
-    coordinate-wise ``np.median``), ``trimmed-mean`` (FedTrimmedAvg's ``trim_mean``, ``beta``),
-    ``multikrum`` (MultiKrum's ``select_multikrum``, then the weighted mean of the selection).
-    Returns the arrays and the indices of the replies used. The library's Flower-free twin is
-    :func:`fedistill.robust.robust_aggregate`."""
-    import numpy as np
-    from flwr.app import Array
-    from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
-    from flwr.serverapp.strategy.multikrum import select_multikrum
-
-    if aggregator not in AGGREGATORS:
-        raise ConfigError(
-            f"unknown aggregator '{aggregator}'; choose one of {', '.join(AGGREGATORS)}"
-        )
-    everyone = list(range(len(contents)))
-    if aggregator == "fedavg":
-        return aggregate_arrayrecords(contents, weighted_by), everyone
-    if aggregator == "multikrum":
-        k = num_selected if num_selected is not None else max(1, len(contents) - num_malicious)
-        chosen = select_multikrum(
-            contents, num_malicious_nodes=num_malicious, num_nodes_to_select=k
-        )
-        ids = [next(i for i, c in enumerate(contents) if c is x) for x in chosen]
-        return aggregate_arrayrecords(chosen, weighted_by), ids
-    names = list(contents[0][key].keys())
-    out = ArrayRecord()
-    for name in names:
-        layers = np.stack([c[key][name].numpy() for c in contents])
-        value = np.median(layers, axis=0) if aggregator == "median" else trim_mean(layers, beta)
-        out[name] = Array(np.asarray(value).astype(layers.dtype))
-    return out, everyone
+) -> ArrayRecord:
+    """Validated updates aggregated by the library's rules
+    (:func:`fedistill.robust.robust_aggregate`: FedAvg's weighted mean, FedMedian,
+    FedTrimmedAvg, MultiKrum) — the same code the in-process federation runs; a test checks
+    each rule against Flower's own."""
+    states = [record_to_state(r) for r in records]
+    state, _used = robust_aggregate(
+        states, weights, aggregator, beta=beta, num_malicious=num_malicious
+    )
+    return state_to_record(state)
 
 
 class CheckedFedAvg(FedAvg):
@@ -348,7 +395,6 @@ class CheckedFedAvg(FedAvg):
         got = replies_by_node(self._messages, replies)
         clients: dict[int, dict[str, Any]] = {}
         dropped: list[dict[str, Any]] = []
-        contents: list[RecordDict] = []
         accepted: list[Any] = []
         up = 0
         for node in (m.metadata.dst_node_id for m in self._messages):
@@ -375,26 +421,20 @@ class CheckedFedAvg(FedAvg):
             )
             accepted.append(valid)
         weights = fedavg_weights([v.metrics["num_examples"] for v in accepted], self.weighting)
-        for valid, weight in zip(accepted, weights, strict=True):
-            # a clean record with the same keys for every client (Flower checks consistency)
-            contents.append(
-                RecordDict(
-                    {
-                        self.arrayrecord_key: valid.arrays,
-                        METRICS_KEY: MetricRecord({self.weighted_by_key: float(weight)}),
-                    }
-                )
-            )
         arrays = metrics = None
-        if contents:
-            arrays, _used = aggregate_contents(
-                contents,
-                self.arrayrecord_key,
-                self.weighted_by_key,
+        if accepted:
+            arrays = aggregate_updates(
+                [v.arrays for v in accepted],
+                weights,
                 self.aggregator,
                 beta=self.trim_beta,
                 num_malicious=self.num_malicious,
             )
+            # Flower's metric aggregation over one clean record per client
+            contents = [
+                RecordDict({METRICS_KEY: MetricRecord({self.weighted_by_key: float(w)})})
+                for w in weights
+            ]
             metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         self._pending.update(
             clients=clients, dropped=dropped, up=up, server_seconds=time.perf_counter() - t0
@@ -402,7 +442,7 @@ class CheckedFedAvg(FedAvg):
         log.info(
             "[FedAvg round %d] %d updates averaged, %d dropped",
             server_round,
-            len(contents),
+            len(accepted),
             len(dropped),
         )
         return arrays, metrics

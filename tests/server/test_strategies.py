@@ -76,21 +76,49 @@ def _contents(states, weights):
     ]
 
 
+def _flowers_own(contents, rule, *, beta, num_malicious):
+    """Flower 1.42's own rules (FedAvg, FedMedian, FedTrimmedAvg, MultiKrum), the oracle."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord
+    from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+    from flwr.serverapp.strategy.multikrum import select_multikrum
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    if rule == "fedavg":
+        return aggregate_arrayrecords(contents, "num-examples")
+    if rule == "multikrum":
+        k = len(contents) - num_malicious
+        chosen = select_multikrum(
+            contents, num_malicious_nodes=num_malicious, num_nodes_to_select=k
+        )
+        return aggregate_arrayrecords(chosen, "num-examples")
+    out = ArrayRecord()
+    for name in contents[0]["arrays"]:
+        layers = np.stack([c["arrays"][name].numpy() for c in contents])
+        value = np.median(layers, axis=0) if rule == "median" else trim_mean(layers, beta)
+        out[name] = Array(np.asarray(value).astype(layers.dtype))
+    return out
+
+
 @pytest.mark.parametrize("rule", ["fedavg", "median", "trimmed-mean", "multikrum"])
-def test_library_aggregators_match_flowers_own(rule):
+def test_the_servers_aggregation_is_the_librarys_and_matches_flowers_own(rule):
+    """The ServerApp aggregates with the library's rules (one code path with the in-process
+    FedAvg); each rule equals Flower's own on the same updates and weights."""
     import numpy as np
 
     from fedistill.robust import robust_aggregate
-    from server.strategies import aggregate_contents
+    from server.strategies import aggregate_updates
 
     states = _states()
     weights = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0]
-    ours, used = robust_aggregate(states, weights, rule, beta=0.2, num_malicious=2)
-    flower, used_f = aggregate_contents(
-        _contents(states, weights), "arrays", "num-examples", rule, beta=0.2, num_malicious=2
+    contents = _contents(states, weights)
+    ours, _used = robust_aggregate(states, weights, rule, beta=0.2, num_malicious=2)
+    served = aggregate_updates(
+        [c["arrays"] for c in contents], weights, rule, beta=0.2, num_malicious=2
     )
-    assert sorted(used) == sorted(used_f)
+    flower = _flowers_own(contents, rule, beta=0.2, num_malicious=2)
     for key in ours:
+        np.testing.assert_array_equal(served[key].numpy(), ours[key].numpy())
         np.testing.assert_allclose(ours[key].numpy(), flower[key].numpy(), rtol=1e-5, atol=1e-6)
 
 
