@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from fedistill.config import parse_options
 from fedistill.errors import FedistillError
 
 log = logging.getLogger("fedistill")
@@ -103,14 +104,7 @@ METHOD_FLAGS = (
 
 def _overrides(args: argparse.Namespace) -> dict:
     out = {k: getattr(args, k) for k in METHOD_FLAGS if getattr(args, k) is not None}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--option expects KEY=VALUE, got '{item}'")
-        try:
-            out[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = value
+    out |= parse_options(args.option, "--option")
     return out
 
 

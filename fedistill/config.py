@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -114,6 +115,21 @@ def _default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return copy.deepcopy(f.default)
+
+
+def parse_options(items: list[str] | tuple[str, ...], flag: str) -> dict[str, Any]:
+    """``["iterations=20", "init=noise"]`` → ``{"iterations": 20, "init": "noise"}``: values
+    are JSON where they parse as JSON, text otherwise; ``flag`` names the option in errors."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects key=value items, got '{item}'")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value.strip()
+    return out
 
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedistill.config import load_dataclass
+from fedistill.config import load_dataclass, parse_options
 from fedistill.data import DatasetInfo, LabeledImages, load_dataset
 from fedistill.errors import ConfigError
 from fedistill.evaluate import EvalConfig
@@ -139,15 +138,8 @@ class RunSettings:
         from fedistill.distill import get_method
 
         method = get_method(self.method)
-        out: dict[str, Any] = {}
-        for item in filter(None, (s.strip() for s in self.method_options.split(","))):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"method-options expects key=value items, got '{item}'")
-            try:
-                out[key.strip().replace("-", "_")] = json.loads(value)
-            except json.JSONDecodeError:
-                out[key.strip().replace("-", "_")] = value.strip()
+        items = [x.strip() for x in self.method_options.split(",") if x.strip()]
+        out: dict[str, Any] = parse_options(items, "method-options")
         fields = {f.name for f in dataclasses.fields(method.config_cls)}
         if "iterations" in fields:
             out.setdefault("iterations", self.iterations)

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from fedistill.config import load_dataclass
 from fedistill.data import LabeledImages
 from fedistill.errors import ConfigError, UnknownNameError
 from fedistill.synthetic import SyntheticSet
@@ -44,7 +45,9 @@ class Method:
                 f"method '{self.name}' takes no option {', '.join(bad)} "
                 f"(it takes: {', '.join(sorted(names))})"
             )
-        cfg = self.config_cls(**overrides)
+        cfg = load_dataclass(
+            self.config_cls, overrides, f"method '{self.name}'", parse_strings=True
+        )
         check = getattr(cfg, "validate", None)
         if check is not None:
             check()
