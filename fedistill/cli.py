@@ -16,7 +16,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -37,7 +37,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (every fedistill command's counts)."""
     try:
         v = int(text)
     except ValueError:
@@ -54,10 +55,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method options (only those the method takes may be given)")
-    g.add_argument("--iterations", type=_positive_int)
+    g.add_argument("--iterations", type=positive_int)
     g.add_argument("--init", choices=["real", "noise"])
     g.add_argument("--lr-img", type=float, dest="lr_img")
-    g.add_argument("--batch-real", type=_positive_int, dest="batch_real")
+    g.add_argument("--batch-real", type=positive_int, dest="batch_real")
     g.add_argument("--dsa-strategy", dest="dsa_strategy")
     g.add_argument(
         "--soft-labels",
@@ -215,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="digits")
     p.add_argument("--data-root", default=None)
     p.add_argument("--download", action="store_true", help="download missing data (online)")
-    p.add_argument("--ipc", type=_positive_int, default=10, help="images per class")
+    p.add_argument("--ipc", type=positive_int, default=10, help="images per class")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, type=Path)
     _method_options(p)
@@ -226,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     p.add_argument("--data-root", default=None)
     p.add_argument("--download", action="store_true")
-    p.add_argument("--epochs", type=_positive_int, default=300)
-    p.add_argument("--models", type=_positive_int, default=3)
+    p.add_argument("--epochs", type=positive_int, default=300)
+    p.add_argument("--models", type=positive_int, default=3)
     p.add_argument("--model", default="convnet", choices=["convnet", "mlp", "lenet", "resnet18"])
     p.add_argument("--no-dsa", action="store_true", help="train without DSA augmentation")
     p.add_argument(
@@ -266,13 +267,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
+    def command() -> int:
         args = build_parser().parse_args(argv)
         logging.basicConfig(
             level=logging.WARNING if args.quiet else logging.INFO,
             format="%(levelname)s %(name)s: %(message)s",
         )
         return int(args.func(args) or 0)
+
+    return guarded(command)
+
+
+def guarded(command: Callable[[], int]) -> int:
+    """Run a CLI ``command``; a usage, data or file error is one line on stderr and exit 2,
+    never a traceback (shared by ``fedistill`` and ``python -m attacks``)."""
+    try:
+        return command()
     except FedistillError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

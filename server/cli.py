@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedistill.cli import positive_int
 from fedistill.errors import FedistillError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -247,16 +248,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fedistill run`` to the fedistill CLI (entry point ``fedistill.commands``)."""
     p = subparsers.add_parser(
@@ -265,8 +256,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[2],
     )
     p.add_argument("--strategy", choices=["feddm", "feddm-robust", "fedavg"])
-    p.add_argument("--rounds", type=_positive, help="rounds of the strategy (FedDM: 1 = one-shot)")
-    p.add_argument("--num-clients", type=_positive, default=5, help="simulated SuperNodes (5)")
+    p.add_argument(
+        "--rounds", type=positive_int, help="rounds of the strategy (FedDM: 1 = one-shot)"
+    )
+    p.add_argument("--num-clients", type=positive_int, default=5, help="simulated SuperNodes (5)")
     p.add_argument(
         "--run-config",
         "-c",
