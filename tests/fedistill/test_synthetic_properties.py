@@ -10,20 +10,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_synthetic import META  # the smallest valid provenance, shared with the unit tests
 
 from fedistill.errors import SyntheticSetError
 from fedistill.synthetic import MAX_HEADER_BYTES, SyntheticSet
 
-META = {
-    "dataset": "digits",
-    "mean": [0.3],
-    "std": [0.4],
-    "method": "random",
-    "ipc": 2,
-    "seed": 0,
-    "iterations": 0,
-    "num_classes": 3,
-}
 IMAGES = torch.zeros(2, 1, 4, 4)
 
 
