@@ -28,7 +28,8 @@ Each attack is measured as the global model's accuracy drop from a clean federat
 partitions, and for ``pull`` also as the source→target rate (source-class test images
 classified as the target). The defence is :func:`fedistill.robust.filter_sets` as the
 simulation's ``set_filter``; its false-rejection rate is the fraction of honest clients it
-rejected. Backdoors through a federation are in :func:`run_federated_backdoor`.
+rejected. Backdoors through a federation are in :mod:`attacks.federated_backdoor`, the FedAvg
+baseline against robust aggregators in :mod:`attacks.fedavg_poisoning`.
 """
 
 from __future__ import annotations
@@ -41,16 +42,8 @@ from typing import Any
 
 import torch
 
-from attacks.backdoor import (
-    DoorpingConfig,
-    attack_success_rate,
-    backdoor_metrics,
-    clean_target_rate,
-    doorping,
-    poison,
-    summarise_models,
-)
-from attacks.triggers import Trigger, white_trigger
+from attacks.backdoor import attack_success_rate, clean_target_rate, poison
+from attacks.triggers import white_trigger
 from fedistill.data import DatasetInfo, LabeledImages
 from fedistill.errors import ConfigError
 from fedistill.evaluate import EvalConfig, accuracy, predict
@@ -280,7 +273,8 @@ def _rate(model, test: LabeledImages, source: int, target: int, device) -> float
     return float((predict(model, test.images[mask], device).argmax(1) == target).float().mean())
 
 
-def _filter(info: DatasetInfo, config: FilterConfig | None, seed: int, device):
+def robust_filter(info: DatasetInfo, config: FilterConfig | None, seed: int, device):
+    """The server's robust filter (:func:`fedistill.robust.filter_sets`) as a ``set_filter``."""
     return lambda sets: filter_sets(sets, info, seed=seed, device=device, config=config)
 
 
@@ -404,7 +398,7 @@ def run_poisoning(
             hide=hide,
         )
     elif aware:
-        filter_fn = _filter(train.info, filter_config, seed, device)
+        filter_fn = robust_filter(train.info, filter_config, seed, device)
 
         def make(cid: int, syn: SyntheticSet, level: float) -> SyntheticSet:
             return malicious_set(
@@ -438,7 +432,7 @@ def run_poisoning(
     seen: dict[int, SyntheticSet] = {}
     set_filter = None
     if defended:
-        inner = _filter(train.info, filter_config, seed, device)
+        inner = robust_filter(train.info, filter_config, seed, device)
 
         def set_filter(sets: dict[int, SyntheticSet]):
             seen.update(sets)
@@ -523,7 +517,9 @@ def run_poisoning_table(
         test,
         num_clients=n,
         device=device,
-        set_filter=_filter(train.info, kwargs.get("filter_config"), common.get("seed", 0), device),
+        set_filter=robust_filter(
+            train.info, kwargs.get("filter_config"), common.get("seed", 0), device
+        ),
         **common,
     )
     rows = []
@@ -547,240 +543,4 @@ def run_poisoning_table(
         "clean_false_rejection_rate": false_rejection_rate(clean_defended.rejected, list(range(n))),
         "clean_rejected": {str(k): v for k, v in clean_defended.rejected.items()},
         "rows": rows,
-    }
-
-
-def run_federated_backdoor(
-    train: LabeledImages,
-    test: LabeledImages,
-    *,
-    kind: str = "naive",
-    m: int = 1,
-    n: int = 5,
-    p: float = 1.0,
-    target: int = 0,
-    method: str = "dm",
-    ipc: int = 10,
-    method_config: Any | None = None,
-    partitioner: str = "dirichlet",
-    alpha: float = 0.5,
-    eval_cfg: EvalConfig | None = None,
-    doorping_config: DoorpingConfig | None = None,
-    trigger: Trigger | None = None,
-    defended: bool = False,
-    filter_config: FilterConfig | None = None,
-    baseline: bool = True,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> dict[str, Any]:
-    """A backdoor planted by the first ``m`` of ``n`` clients of one-shot FedDM.
-
-    NAIVE: each malicious client stamps a white patch onto ``p`` of its images and relabels
-    them before distilling with ``method``. DOORPING: each malicious client uploads a
-    :func:`~attacks.backdoor.doorping` set of its data instead (the clients collude: each starts
-    from the trigger the previous one optimised). Reports the global model's ASR and clean
-    accuracy, and (``baseline``) the ASR of a clean federation's model with the same trigger.
-    """
-    if kind not in ("naive", "doorping"):
-        raise ConfigError(f"unknown backdoor kind '{kind}'; choose naive or doorping")
-    cfg = eval_cfg or EvalConfig(num_models=1)
-    bad = list(range(m))
-    common = dict(
-        num_clients=n,
-        partitioner=partitioner,
-        alpha=alpha,
-        method=method,
-        ipc=ipc,
-        method_config=method_config,
-        eval_cfg=cfg,
-        seed=seed,
-        device=device,
-    )
-    t0 = time.perf_counter()
-    state: dict[str, Any] = {"trigger": trigger, "changes": []}
-    data_tamper = set_tamper = None
-    if kind == "naive":
-        state["trigger"] = trigger or white_trigger(train.info)
-
-        def data_tamper(cid: int, part: LabeledImages) -> LabeledImages:
-            if cid not in bad:
-                return part
-            return poison(part, state["trigger"], p, target, seed=seed + cid)[0]
-
-    else:
-        parts = client_partitions(train, n, partitioner, alpha, seed)
-        dcfg = doorping_config or DoorpingConfig()
-
-        def set_tamper(cid: int, syn: SyntheticSet) -> SyntheticSet:
-            if cid not in bad:
-                return syn
-            res = doorping(
-                train.subset(parts[cid]),
-                ipc,
-                p=p,
-                target=target,
-                config=dcfg,
-                trigger=state["trigger"],
-                seed=seed + cid,
-                device=device,
-            )
-            state["trigger"] = res.trigger
-            state["changes"].append(res.trigger_change)
-            return res.syn
-
-    set_filter = _filter(train.info, filter_config, seed, device) if defended else None
-    result = simulate_feddm(
-        train,
-        test,
-        data_tamper=data_tamper,
-        set_tamper=set_tamper,
-        set_filter=set_filter,
-        **common,
-    )
-    trig: Trigger = state["trigger"]
-    out: dict[str, Any] = {
-        "kind": kind,
-        "m": m,
-        "n": n,
-        "p": p,
-        "target": target,
-        "method": method if kind == "naive" else "doorping-dm",
-        "ipc": ipc,
-        "defended": defended,
-        "accuracy": result.accuracy,
-        "asr": attack_success_rate(result.model, test, trig, target, device),
-        "kept": result.kept,
-        "rejected": {str(k): v for k, v in result.rejected.items()},
-        "trigger": trig.to_dict(),
-        "trigger_changes": state["changes"],
-        "models": _global_models_backdoor(result, train, test, trig, target, cfg, seed, device),
-    }
-    if baseline:
-        clean = simulate_feddm(train, test, **common)
-        out["clean_accuracy"] = clean.accuracy
-        out["baseline_asr"] = attack_success_rate(clean.model, test, trig, target, device)
-        out["baseline_models"] = _global_models_backdoor(
-            clean, train, test, trig, target, cfg, seed, device
-        )
-    out["seconds"] = time.perf_counter() - t0
-    return out
-
-
-def _global_models_backdoor(
-    result: Any,
-    train: LabeledImages,
-    test: LabeledImages,
-    trigger: Trigger,
-    target: int,
-    cfg: EvalConfig,
-    seed: int,
-    device: str | torch.device,
-) -> dict[str, Any]:
-    """ASR, clean target-class rate and clean accuracy of the federation's global model and of
-    ``cfg.num_models − 1`` more trained on the same kept sets with the next seeds (the server's
-    step with another seed), mean ± std (:func:`attacks.backdoor.summarise_models`)."""
-    rows = [backdoor_metrics(result.model, test, trigger, target, device)]
-    seeds = [seed]
-    pooled = [result.sets[k] for k in result.kept]
-    for m in range(1, cfg.num_models):
-        model = train_global(pooled, train.info, cfg, seed=seed + m, device=device)
-        rows.append(backdoor_metrics(model, test, trigger, target, device))
-        seeds.append(seed + m)
-    return summarise_models(rows, seeds)
-
-
-# --------------------------------------------------------------------------- FedAvg, defended
-
-FEDAVG_ATTACKS = ("label_flip", "scaled_update", "inflated_count")
-
-
-def scaled_update_tamper(malicious: list[int] | set[int], scale: float = 10.0):
-    """An ``update_tamper``: the malicious clients send their model's floating-point tensors
-    multiplied by ``scale`` (a boosted, out-of-range update; finite, so validation keeps it)."""
-    bad = set(malicious)
-
-    def tamper(cid: int, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if cid not in bad:
-            return state
-        return {k: v * scale if v.is_floating_point() else v for k, v in state.items()}
-
-    return tamper
-
-
-def run_fedavg_poisoning(
-    train: LabeledImages,
-    test: LabeledImages,
-    *,
-    attacks: tuple[str, ...] = FEDAVG_ATTACKS,
-    aggregators: tuple[str, ...] = ("fedavg", "median", "trimmed-mean", "multikrum"),
-    m: int = 1,
-    n: int = 5,
-    scale: float = 10.0,
-    inflated: float = 1e9,
-    weighting: str = "clipped",
-    trim_beta: float = 0.2,
-    seed: int = 0,
-    **fedavg_kwargs: Any,
-) -> dict[str, Any]:
-    """The FedAvg baseline against ``m`` of ``n`` malicious clients, per aggregator (the
-    library's twins of Flower's FedAvg, FedMedian, FedTrimmedAvg, MultiKrum, with the count
-    ``weighting`` of :func:`fedistill.federated.fedavg_weights`).
-
-    Attacks: ``label_flip`` (the client trains on flipped labels), ``scaled_update`` (its
-    update × ``scale``), ``inflated_count`` (label flip *and* a reported ``num-examples`` of
-    ``inflated``). Returns ``{"clean": {aggregator: accuracy}, "rows": [{"attack",
-    "aggregator", "accuracy", "clean_accuracy", "accuracy_drop", "aggregated_last_round"}],
-    ...}``; MultiKrum is told the true ``m``."""
-    from fedistill.federated import simulate_fedavg
-
-    bad = list(range(m))
-    common = dict(
-        num_clients=n,
-        seed=seed,
-        weighting=weighting,
-        trim_beta=trim_beta,
-        num_malicious=m,
-        **fedavg_kwargs,
-    )
-    clean: dict[str, float] = {}
-    rows: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    for agg in aggregators:
-        clean[agg] = simulate_fedavg(train, test, aggregator=agg, **common).accuracy
-        for attack in attacks:
-            if attack not in FEDAVG_ATTACKS:
-                raise ConfigError(
-                    f"unknown FedAvg attack '{attack}'; choose one of {', '.join(FEDAVG_ATTACKS)}"
-                )
-            kw: dict[str, Any] = {}
-            if attack in ("label_flip", "inflated_count"):
-                kw["data_tamper"] = label_flip_tamper(bad)
-            if attack == "scaled_update":
-                kw["update_tamper"] = scaled_update_tamper(bad, scale)
-            if attack == "inflated_count":
-                kw["count_tamper"] = lambda cid, count: inflated if cid in bad else count
-            res = simulate_fedavg(train, test, aggregator=agg, **common, **kw)
-            rows.append(
-                {
-                    "attack": attack,
-                    "aggregator": agg,
-                    "accuracy": res.accuracy,
-                    "clean_accuracy": clean[agg],
-                    "accuracy_drop": clean[agg] - res.accuracy,
-                    "aggregated_last_round": res.history[-1].get("aggregated"),
-                }
-            )
-            log.info(
-                "fedavg %s vs %s: accuracy %.4f (clean %.4f)", agg, attack, res.accuracy, clean[agg]
-            )
-    return {
-        "m": m,
-        "n": n,
-        "scale": scale,
-        "inflated": inflated,
-        "weighting": weighting,
-        "trim_beta": trim_beta,
-        "clean": clean,
-        "rows": rows,
-        "seconds": time.perf_counter() - t0,
     }

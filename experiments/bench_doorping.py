@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench import RESULTS, command_line, machine, write_json
 
-from attacks.backdoor import DoorpingConfig, run_backdoor
+from attacks.backdoor import run_backdoor
+from attacks.doorping import DoorpingConfig
 from fedistill.data import load_dataset
 from fedistill.evaluate import EvalConfig
 

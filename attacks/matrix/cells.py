@@ -529,7 +529,7 @@ class AttackCells:
 
 def _doorping_config(options: dict[str, Any], overrides: dict[str, Any], ecfg) -> Any:
     """DOORPING's DM loop set up like the dm row (init, lr, batch, embedding network)."""
-    from attacks.backdoor import DoorpingConfig
+    from attacks.doorping import DoorpingConfig
 
     base: dict[str, Any] = {}
     for k in ("init", "lr_img", "batch_real", "dsa", "dsa_strategy"):

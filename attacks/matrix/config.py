@@ -121,7 +121,7 @@ class BackdoorSpec:
             raise ConfigError(f"attacks.backdoor: p must be in (0, 1], got {self.p}")
         if self.target < 0:
             raise ConfigError("attacks.backdoor: target must be a class id ≥ 0")
-        from attacks.backdoor import DoorpingConfig
+        from attacks.doorping import DoorpingConfig
 
         make_config(DoorpingConfig, self.doorping, "attacks.backdoor.doorping").validate()
 

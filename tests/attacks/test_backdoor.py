@@ -8,17 +8,15 @@ import pytest
 import torch
 
 from attacks.backdoor import (
-    DoorpingConfig,
     attack_success_rate,
     backdoor_metrics,
     evaluate_backdoor,
     poison,
     run_backdoor,
     run_real_backdoor,
-    select_neurons,
     summarise_models,
-    update_trigger_neurons,
 )
+from attacks.doorping import DoorpingConfig, select_neurons, update_trigger_neurons
 from attacks.triggers import patch_mask, pixel_range, random_trigger, white_trigger
 from fedistill.data import DIGITS_INFO, MNIST_INFO
 from fedistill.errors import ConfigError
