@@ -45,7 +45,7 @@ from fedistill.errors import ConfigError, PrivacyBudgetExceeded, SyntheticSetErr
 from fedistill.evaluate import EvalConfig, accuracy, train_classifier
 from fedistill.models import build_model
 from fedistill.partition import partition
-from fedistill.privacy import PrivacyLedger, ledger_of
+from fedistill.privacy import PrivacyLedger, ledger_of, released_size
 from fedistill.synthetic import SyntheticSet
 
 log = logging.getLogger(__name__)
@@ -381,12 +381,12 @@ def set_metrics(syn: SyntheticSet, part_size: int, seconds: float) -> dict[str, 
 
     ``epsilon`` is the ε the client's ledger has spent over every round so far; ``noise_secure``
     (1/0) says whether the noise came from a secure source (0: replayable, ε no guarantee). A
-    set that keeps its source size private (``public_size`` declared) reports that declared N as
-    ``num_examples``, not ``part_size``.
+    private set keeps its exact size private: it reports the N it releases (its DP estimate, or
+    a declared public N; :func:`fedistill.privacy.released_size`) as ``num_examples``, never
+    ``part_size``.
     """
-    declared = syn.meta.get("public_size")
     out: dict[str, Any] = {
-        "num_examples": int(declared if isinstance(declared, int) else part_size),
+        "num_examples": released_size(syn.meta, part_size),
         "num_synthetic": len(syn),
         "seconds": float(seconds),
         "bytes": syn.nbytes(),

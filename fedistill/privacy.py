@@ -10,6 +10,20 @@ A client taking part in several rounds keeps one ledger for the whole run: σ is
 once for every step of every round, and the ε recorded after each round is the composition of
 the whole history so far (:func:`history_epsilon`).
 
+**The dataset size.** Under add/remove-one the exact size N differs between neighbours, so a
+private method must not release it, nor anything computed from it (q = batch / N). Where no
+public N is declared it releases a DP count first (:func:`release_count`: N + N(0, σ_N²), the
+Gaussian mechanism with sensitivity 1), spending a stated share of (ε, δ) read from the
+mechanism's exact privacy profile (:func:`gaussian_epsilon`); q is then computed from the
+released estimate, so it is public (post-processing). Because the steps' q and σ are chosen
+*after* seeing the count, the two parts compose by basic (adaptive) composition: for every
+value of the count the steps are calibrated to spend at most what is left, (ε − ε_N, δ − δ_N),
+so the whole run is (ε, δ)-DP; the ledger records ``epsilon`` = ε_N + the steps' accountant ε
+(:class:`DPCount`, :class:`PrivacyLedger`). An RDP composition of the count with the steps in one
+accountant history would be a little tighter but is not valid when q and σ depend on the
+count's output (the RDP composition theorem needs the second mechanism's bound uniformly over
+the first's outputs, which a calibration to the realised q does not give).
+
 Noise and sampling that protect data come from :func:`secure_generator` (unrecorded OS
 entropy), never from a run's published seed (:func:`noise_generator`).
 
@@ -201,6 +215,101 @@ def gaussian_noise(
     return out * (std / 2)
 
 
+# --------------------------------------------------------------------------- the size count
+
+COUNT_MECHANISM = "gaussian count of the examples (sensitivity 1 under add/remove-one)"
+
+
+def _normal_cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def gaussian_delta(noise_multiplier: float, epsilon: float) -> float:
+    """The exact δ(ε) of the Gaussian mechanism with sensitivity 1 and noise std σ (Balle &
+    Wang 2018, Thm 8): Φ(1/2σ − εσ) − e^ε Φ(−1/2σ − εσ). σ = 0: 1 (no privacy)."""
+    if noise_multiplier <= 0:
+        return 1.0
+    a, b = 1 / (2 * noise_multiplier), epsilon * noise_multiplier
+    tail = _normal_cdf(-a - b)
+    second = math.exp(epsilon + math.log(tail)) if tail > 0 else 0.0
+    return max(0.0, _normal_cdf(a - b) - second)
+
+
+def gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
+    """The smallest ε at which the sensitivity-1 Gaussian mechanism with std σ is (ε, δ)-DP
+    (:func:`gaussian_delta` inverted by bisection, rounded up). σ = 0: ∞."""
+    if not 0 < delta < 1:
+        raise ConfigError(f"delta must lie in (0, 1), got {delta}")
+    if noise_multiplier <= 0:
+        return math.inf
+    lo, hi = 0.0, 1.0
+    while gaussian_delta(noise_multiplier, hi) > delta:
+        lo, hi = hi, 2 * hi
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if gaussian_delta(noise_multiplier, mid) <= delta else (mid, hi)
+    return hi
+
+
+def count_noise(epsilon: float, delta: float) -> float:
+    """The std σ_N of a sensitivity-1 Gaussian count that is (ε, δ)-DP (the smallest, by
+    bisection on the exact profile, rounded up). ε = ∞: 0 (no noise)."""
+    if not epsilon > 0 or not 0 < delta < 1:
+        raise ConfigError(f"a count needs ε > 0 and δ in (0, 1), got ε = {epsilon}, δ = {delta}")
+    if math.isinf(epsilon):
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while gaussian_delta(hi, epsilon) > delta:
+        lo, hi = hi, 2 * hi
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if gaussian_delta(mid, epsilon) <= delta else (mid, hi)
+    return hi
+
+
+@dataclass(frozen=True)
+class DPCount:
+    """A released DP count of a client's examples: ``estimate`` = N + N(0, σ_N²) (public: the
+    DP output), with the noise std ``noise_multiplier`` σ_N (the sensitivity is 1), and the
+    (``epsilon``, ``delta``) it spends, read from the Gaussian mechanism's exact profile. As
+    an Opacus accountant history entry it is ``(σ_N, 1.0, 1)``."""
+
+    estimate: float
+    noise_multiplier: float
+    epsilon: float
+    delta: float
+
+    def to_dict(self) -> dict:
+        return {
+            "source": "dp-count",
+            "mechanism": COUNT_MECHANISM,
+            "estimate": self.estimate,
+            "noise_multiplier": self.noise_multiplier,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DPCount:
+        return cls(
+            float(d["estimate"]),
+            float(d["noise_multiplier"]),
+            float(d["epsilon"]),
+            float(d["delta"]),
+        )
+
+
+def release_count(n: int, epsilon: float, delta: float, generator: torch.Generator) -> DPCount:
+    """Release the count ``n`` under (ε, δ)-DP (add/remove-one: sensitivity 1): the Gaussian
+    mechanism with the σ_N of :func:`count_noise`, its noise drawn from ``generator`` (a
+    :func:`noise_generator`: secure, or replayable and then marked so by the caller)."""
+    sigma = count_noise(epsilon, delta)
+    noise = float(gaussian_noise((1,), sigma, generator)[0]) if sigma else 0.0
+    spent = gaussian_epsilon(sigma, delta)
+    log.info("DP count of the examples: σ_N = %.4g, ε = %.4g at δ = %g", sigma, spent, delta)
+    return DPCount(float(n) + noise, sigma, spent, float(delta))
+
+
 # --------------------------------------------------------------------------- the record
 
 
@@ -211,9 +320,12 @@ class PrivacyFacts:
 
     ``epsilon`` is the ε spent so far (over every round the ledger has seen); ``budget`` the
     target it was planned against; ``history`` the Opacus accountant history
-    ``[(σ, q, steps), …]`` it was read from; ``noise`` is ``"secure"`` or ``"replayable"``
-    (then ``guarantee`` is False: ε is a number, not a guarantee); ``neighbouring`` and
-    ``public`` state what the guarantee is about and what it treats as public.
+    ``[(σ, q, steps), …]`` of the private steps it was read from; ``noise`` is ``"secure"`` or
+    ``"replayable"`` (then ``guarantee`` is False: ε is a number, not a guarantee);
+    ``neighbouring`` and ``public`` state what the guarantee is about and what it treats as
+    public. ``size`` says where the N of q = batch / N came from: a released DP count
+    (:meth:`DPCount.to_dict`, ``source = "dp-count"``; then ``epsilon`` = the count's ε + the
+    steps' ε, ``composition`` says so) or a declared public size (``source = "declared"``).
     """
 
     mechanism: str
@@ -232,6 +344,8 @@ class PrivacyFacts:
     guarantee: bool | None = None
     neighbouring: str | None = None
     public: list[str] | None = None
+    size: dict | None = None
+    composition: str | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -267,6 +381,11 @@ class PrivacyLedger:
     starts; ``spend()`` is called once per private evaluation, *before* it runs.
     ``epsilon_spent()`` reads the composed ε of the whole history from a fresh accountant;
     ``state()`` / :meth:`from_state` carry the ledger from one round to the next.
+
+    ``count``: the :class:`DPCount` released before the steps (the N that set ``sample_rate``).
+    It is spent first; the steps are calibrated (or checked) for what is left,
+    (ε − ε_N, δ − δ_N), and ``epsilon_spent()`` is ε_N + the steps' ε at δ − δ_N (basic
+    composition: valid although q and σ were chosen after seeing the count).
     """
 
     def __init__(
@@ -278,20 +397,40 @@ class PrivacyLedger:
         noise_multiplier: float | None = None,
         accountant: str = "rdp",
         mechanism: str = "poisson-subsampled-gaussian",
+        count: DPCount | None = None,
     ) -> None:
         _check_args(sample_rate, planned_steps, delta, accountant)
         self.epsilon, self.delta = float(epsilon), float(delta)
         self.sample_rate, self.planned_steps = float(sample_rate), int(planned_steps)
         self.accountant, self.mechanism = accountant, mechanism
+        self.count = count
+        self.steps_epsilon, self.steps_delta = self.epsilon, self.delta
+        if count is not None:
+            if not (count.delta < self.delta and count.epsilon <= self.epsilon):
+                raise PrivacyBudgetExceeded(
+                    f"the size count spends (ε = {count.epsilon:.4g}, δ = {count.delta:g}), "
+                    f"all of the budget (ε = {self.epsilon:g}, δ = {self.delta:g})"
+                )
+            self.steps_delta = self.delta - count.delta
+            if math.isfinite(count.epsilon):  # ε = ∞ (no budget): the steps' is ∞ too
+                self.steps_epsilon = self.epsilon - count.epsilon
         if noise_multiplier is None:
             noise_multiplier = calibrate_noise(
-                epsilon, delta, sample_rate, planned_steps, accountant
+                self.steps_epsilon, self.steps_delta, sample_rate, planned_steps, accountant
             )
         self.noise_multiplier = float(noise_multiplier)
-        self.planned_epsilon = check_budget(
-            epsilon, delta, self.noise_multiplier, sample_rate, planned_steps, accountant
+        self.planned_epsilon = self._count_epsilon() + check_budget(
+            self.steps_epsilon,
+            self.steps_delta,
+            self.noise_multiplier,
+            sample_rate,
+            planned_steps,
+            accountant,
         )
         self.history: list[tuple[float, float, int]] = []
+
+    def _count_epsilon(self) -> float:
+        return 0.0 if self.count is None else self.count.epsilon
 
     @property
     def steps(self) -> int:
@@ -322,11 +461,19 @@ class PrivacyLedger:
             self.history.append((*entry, 1))
 
     def epsilon_spent(self) -> float:
-        return history_epsilon(self.history, self.delta, self.accountant)
+        """ε spent so far: the count's (if any) plus the steps' from a fresh accountant."""
+        steps = history_epsilon(self.history, self.steps_delta, self.accountant)
+        return self._count_epsilon() + steps
 
     def facts(self, clip: float | None = None, **extra) -> PrivacyFacts:
         """The record of what was spent so far; ``extra``: further :class:`PrivacyFacts`
-        fields (noise, guarantee, neighbouring, public)."""
+        fields (noise, guarantee, neighbouring, public, size)."""
+        if self.count is not None:
+            extra["size"] = self.count.to_dict()
+            extra["composition"] = (
+                f"basic: ε = ε_count + ε_steps, ε_steps from a fresh {self.accountant} "
+                f"accountant over the history at δ − δ_count = {self.steps_delta:g}"
+            )
         return PrivacyFacts(
             mechanism=self.mechanism,
             epsilon=self.epsilon_spent(),
@@ -344,7 +491,7 @@ class PrivacyLedger:
 
     def state(self) -> dict:
         """JSON-ready state (what :meth:`from_state` rebuilds the ledger from)."""
-        return {
+        out = {
             "epsilon": self.epsilon,
             "delta": self.delta,
             "sample_rate": self.sample_rate,
@@ -354,12 +501,17 @@ class PrivacyLedger:
             "mechanism": self.mechanism,
             "history": [[s, q, n] for s, q, n in self.history],
         }
+        if self.count is not None:
+            out["size"] = self.count.to_dict()
+        return out
 
     @classmethod
     def from_state(cls, state: dict) -> PrivacyLedger:
         """The ledger :meth:`state` (or a set's ``meta["privacy"]``, whose ``budget`` is the
         target ε) describes; the budget is re-checked for the planned steps."""
         try:
+            size = state.get("size") or {}
+            count = DPCount.from_dict(size) if size.get("source") == "dp-count" else None
             ledger = cls(
                 float(state.get("budget", state["epsilon"])),
                 float(state["delta"]),
@@ -368,9 +520,10 @@ class PrivacyLedger:
                 noise_multiplier=float(state["noise_multiplier"]),
                 accountant=str(state["accountant"]),
                 mechanism=str(state["mechanism"]),
+                count=count,
             )
             ledger.history = [(float(s), float(q), int(n)) for s, q, n in state["history"]]
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"not a privacy ledger's state: {exc}") from None
         if ledger.steps > ledger.planned_steps:
             raise PrivacyBudgetExceeded(
@@ -402,6 +555,29 @@ def privacy_summary(privacy: dict | None) -> str:
                 f"{privacy.get('steps', 0)} spent"
             )
         text += ")"
+    size = privacy.get("size") or {}
+    if size.get("source") == "dp-count" and isinstance(size.get("estimate"), int | float):
+        text += (
+            f"; N from a DP count: {size['estimate']:.0f} (σ_N = {size.get('noise_multiplier', 0):.3g}"
+            f", ε {size.get('epsilon', math.nan):.3g} of the budget)"
+        )
+    elif size.get("source") == "declared":
+        text += f"; N declared public: {size.get('public_size')}"
     if privacy.get("noise") == "replayable" or privacy.get("guarantee") is False:
         text += " — NOT A GUARANTEE: noise replayable from the seed (secure_noise=False)"
     return text
+
+
+def released_size(meta: dict, exact: int) -> int:
+    """The example count a client reports beside its set (``num-examples``): a private set's
+    declared public N (``public_size``) or its DP estimate (``size_estimate``), never its exact
+    size; a set that releases neither (a non-private method: it keeps ``source_size``) reports
+    ``exact``. A set whose privacy record says its size is private but that releases no
+    substitute is refused rather than reported exactly."""
+    for key in ("public_size", "size_estimate"):
+        value = meta.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    if (meta.get("privacy") or {}).get("size"):
+        raise ConfigError("a private set without a released size (public_size, size_estimate)")
+    return int(exact)

@@ -105,8 +105,11 @@ def make_set(
     iterations: int,
     config: Any,
     extra: dict[str, Any] | None = None,
+    release_size: bool = True,
 ) -> SyntheticSet:
-    """The SyntheticSet with full provenance."""
+    """The SyntheticSet with full provenance. ``source_size`` (the exact number of real
+    images) is recorded unless ``release_size`` is False: a private method that keeps it
+    private (DP-PSG) says in ``extra`` what it releases instead."""
     hp = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config or {})
     meta: dict[str, Any] = {
         "dataset": real.info.name,
@@ -118,8 +121,9 @@ def make_set(
         "seed": seed,
         "iterations": iterations,
         "hyperparameters": hp,
-        "source_size": len(real),
     }
+    if release_size:
+        meta["source_size"] = len(real)
     if labels.is_floating_point():
         meta["label_kind"] = "soft"
     meta.update(extra or {})

@@ -7,9 +7,14 @@ Poisson-subsampled Gaussian mechanism below, and everything after that is post-p
 Algorithm (the reference's ``main.py``, in the names of :class:`PSGConfig`)::
 
     S ← noise (never real images); labels: ipc per present class      (public randomness)
-    ledger ← the client's ledger; in its first round: σ calibrated so that
-        R·T private steps (R = rounds, T = iterations·outer_loop·batch_loop) at
-        q = batch_real / N spend at most (ε, δ)   [or a given σ, checked against (ε, δ)]
+    ledger ← the client's ledger; in its first round (once per client per run):
+        N ← public_size if declared, else
+            N̂ ← N_true + N(0, σ_N²), σ_N spending (s·ε, s·δ), s = count_share   [secure]
+            N ← max(N̂, batch_real)                     (a DP output: public from here on)
+        q ← batch_real / N
+        σ calibrated so that R·T private steps (R = rounds, T = iterations·outer_loop·
+            batch_loop) at q spend at most what the count left, (ε − ε_N, δ − δ_N)
+            [or a given σ, checked against it]
     refuse the round if the ledger's spent steps + T exceed R·T          (before any data)
     for it in 1..iterations:
         θ ← fresh random network (instance/group norm: per-sample gradients need no BatchNorm)
@@ -17,21 +22,22 @@ Algorithm (the reference's ``main.py``, in the names of :class:`PSGConfig`)::
             for b in 1..batch_loop:                                  # one private step each
                 B ← Poisson sample of the real data (each example with probability q)   [secure]
                 g_i ← ∇_W CE(f_θ(x_i), y_i) for i in B                # Opacus GradSampleModule
-                ĝ ← (Σ_i g_i · min(1, C/‖g_i‖) + N(0, σ²C² I)) / (q·N)            [secure]
+                ĝ ← (Σ_i g_i · min(1, C/‖g_i‖) + N(0, σ²C² I)) / batch_real       [secure]
                 g_S ← ∇_W CE(f_θ(S), y_S)   (create_graph)
                 S ← S − η_S ∇_S D(g_S, ĝ)                           # layer-wise distance
             θ ← inner_loop SGD steps of θ on S                       # (not after the last round)
-    ε ← a fresh Opacus accountant over the ledger's whole history   → meta["privacy"]
+    ε ← ε_N + a fresh Opacus accountant over the ledger's whole step history → meta["privacy"]
 
-**Where the randomness comes from.** ``[secure]`` draws (the Poisson batches and the Gaussian
-noise, which protect the data) come from :func:`fedistill.privacy.secure_generator`: seeded
-from ``os.urandom``, never recorded, and sampled as Opacus's ``secure_mode`` does against
-floating-point attacks. The published ``seed`` drives only public randomness — network
-initialisations, the initial noise images (data-independent), augmentation draws and the
-inner-loop order — so two runs with one seed share networks and differ only in the noise.
-``secure_noise=False`` (tests, debugging) draws the noise from a stream replayable from the
-seed: anyone with the set and its seed can subtract the noise, so the set is marked
-``privacy.noise = "replayable"``, ``privacy.guarantee = False``: its ε is not a guarantee.
+**Where the randomness comes from.** ``[secure]`` draws (the size count, the Poisson batches
+and the Gaussian noise, which protect the data) come from
+:func:`fedistill.privacy.secure_generator`: seeded from ``os.urandom``, never recorded, and
+sampled as Opacus's ``secure_mode`` does against floating-point attacks. The published ``seed``
+drives only public randomness — network initialisations, the initial noise images
+(data-independent), augmentation draws and the inner-loop order — so two runs with one seed
+share networks and differ only in the noise (and the count). ``secure_noise=False`` (tests,
+debugging) draws them from a stream replayable from the seed: anyone with the set and its seed
+can subtract the noise (and recover N from N̂), so the set is marked ``privacy.noise =
+"replayable"``, ``privacy.guarantee = False``: its ε is not a guarantee.
 
 **Rounds: one ledger per client per run.** In multi-round FedDM a client distils once per
 round. ``rounds`` (R) is the schedule its budget covers: σ is calibrated once, for R·T steps,
@@ -44,16 +50,27 @@ touches data.
 **What is public** (``meta["privacy"]["public"]``). The guarantee is (ε, δ)-DP under the
 add/remove-one-example neighbouring relation that Opacus's accountants assume for Poisson
 sampling. Treated as public: the dataset's identity, image shape and normalisation; the IPC;
-the class list (which classes the client holds: the set has IPC images of each); every
-hyperparameter, σ, C, δ, the step count and the seed (which drives public randomness only);
-and the sampling rate q. q must not depend on the private data, so it is ``batch_real / N``
-with **N declared public**: ``public_size`` when the user gives one (a round or bound they are
-willing to publish — the true size is then not released: the set carries no ``source_size``
-and the federated metrics report ``public_size`` as the client's example count); without it,
-the client's exact dataset size is declared public (``privacy.public`` says so, and the set
-keeps ``source_size``). Under add/remove-one the exact size differs between neighbours, so a
-reviewer accepts it only as a declared public fact; a DP estimate of N (a Gaussian count,
-composed in the ledger) is the alternative not implemented here.
+the class list (which classes the client holds: the set has IPC images of each, so it shows
+them — a client that wants them private must hold, or be given, all classes); every
+hyperparameter, σ, C, δ, batch_real, the step count and the seed (which drives public
+randomness only); the sampling rate q and the N it is computed from. **The exact size is never
+released.** Under add/remove-one the exact N differs between neighbours, and q = batch_real / N
+would give it away, so N is obtained in one of two ways:
+
+* **by default, a DP estimate** (``public_size`` unset): the client releases N̂ = N + N(0, σ_N²)
+  once per run (sensitivity 1; :func:`fedistill.privacy.release_count`), σ_N chosen so that the
+  count spends a stated share ``count_share`` (5 %) of ε and of δ, read from the Gaussian
+  mechanism's exact privacy profile. q = batch_real / max(N̂, batch_real) is then a
+  post-processing of a DP output, and each example is sampled with probability q: the privacy
+  analysis of the steps never needs the true N. Their σ is calibrated for what the count left,
+  and the two parts compose by basic (adaptive) composition — valid although q and σ are chosen
+  after seeing N̂, which a single accountant over (count, steps) would not be: ε = ε_N + the
+  steps' accountant ε ≤ the budget. The set carries ``size_estimate`` = max(N̂, batch_real)
+  rounded (the N of q) and no ``source_size``; its privacy record's ``size`` holds N̂, σ_N and
+  the count's (ε_N, δ_N); a federated client reports ``size_estimate`` as its example count.
+* **declared public** (``public_size``): a round number or bound the user is willing to
+  publish; no count is drawn and the steps get the whole budget; the set carries
+  ``public_size`` (and no ``source_size``), reported as the client's example count.
 
 ``W`` are the weights the layer-wise distance ``D`` compares (≥ 2-D: conv and linear weights);
 biases and norm parameters contribute nothing to ``D`` (as in the reference's distance), so
@@ -97,9 +114,13 @@ from fedistill.models import build_model
 from fedistill.privacy import (
     ACCOUNTANTS,
     NEIGHBOURING,
+    DPCount,
     PrivacyLedger,
+    count_noise,
+    gaussian_epsilon,
     gaussian_noise,
     noise_generator,
+    release_count,
     secure_generator,
 )
 from fedistill.progress import progress_bar
@@ -137,7 +158,8 @@ class PSGConfig:
     dsa_strategy: str | None = None  # None: the dataset's default
     secure_noise: bool = True  # False: noise replayable from the seed (tests only; no guarantee)
     rounds: int | None = None  # rounds the budget covers (None: 1; FedDM sets its rounds)
-    public_size: int | None = None  # declared public N for q = batch_real / N (None: true size)
+    public_size: int | None = None  # declared public N for q = batch_real / N (None: DP count)
+    count_share: float = 0.05  # share of (ε, δ) the DP count of N spends (public_size unset)
 
     def validate(self) -> None:
         if self.init != "noise":
@@ -164,6 +186,8 @@ class PSGConfig:
             raise ConfigError(
                 f"public_size {self.public_size} is below batch_real {self.batch_real}"
             )
+        if not 0 < self.count_share < 1:
+            raise ConfigError(f"count_share must lie in (0, 1), got {self.count_share}")
         if self.inner_loop < 0:
             raise ConfigError(f"inner_loop must be ≥ 0, got {self.inner_loop}")
         if self.lr_img < 0 or self.lr_net < 0 or self.lr_label < 0:
@@ -274,20 +298,47 @@ def _syn_loss(logits: Tensor, labels: Tensor, label_logits: Tensor | None) -> Te
     return -(label_logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
 
 
-def plan_ledger(config: PSGConfig, n: int) -> PrivacyLedger:
-    """The privacy plan of a run with ``config`` on ``n`` examples (the declared public size,
-    when given, sets q): q = batch_real / N, every round's planned steps, and the σ calibrated
-    for them (or a given σ checked). The DP audits audit exactly this mechanism."""
-    q = config.batch_real / (config.public_size or n)
+def plan_ledger(
+    config: PSGConfig, size: float | None = None, *, count: DPCount | None = None
+) -> PrivacyLedger:
+    """The privacy plan of a run with ``config``: q = batch_real / N, every round's planned
+    steps, and the σ calibrated for them (or a given σ checked). N is the declared
+    ``public_size``; else the estimate of the released DP ``count``, whose share of the budget
+    is reserved first; else (audits, which assume a size) ``size``, with the count's share
+    reserved as a run would. The DP audits audit exactly this mechanism (its σ is the steps')."""
+    if config.public_size is not None:
+        count, n = None, float(config.public_size)
+    else:
+        if count is None:
+            if size is None:
+                raise ConfigError("plan_ledger needs public_size, a DP count or a size")
+            eps_n, delta_n = count_budget(config)
+            sigma_n = count_noise(eps_n, delta_n)
+            count = DPCount(float(size), sigma_n, gaussian_epsilon(sigma_n, delta_n), delta_n)
+        n = max(count.estimate, float(config.batch_real))
     return PrivacyLedger(
         config.epsilon,
         config.delta,
-        q,
+        config.batch_real / n,
         config.planned_steps,
         noise_multiplier=config.noise_multiplier,
         accountant=config.accountant,
         mechanism=MECHANISM,
+        count=count,
     )
+
+
+def count_budget(config: PSGConfig) -> tuple[float, float]:
+    """(ε_N, δ_N): the share of the budget the DP count of N may spend."""
+    return config.count_share * config.epsilon, config.count_share * config.delta
+
+
+def released_n(ledger: PrivacyLedger, config: PSGConfig) -> int:
+    """The N a set releases (``size_estimate`` or ``public_size``): the N of its q."""
+    if config.public_size is not None:
+        return config.public_size
+    assert ledger.count is not None
+    return round(max(ledger.count.estimate, config.batch_real))
 
 
 @register("psg", PSGConfig, "DP-PSG: gradient matching to DP real gradients, (ε, δ) via Opacus")
@@ -312,18 +363,23 @@ def distill_psg(
     config.validate()
     device = torch.device(device)
     n = len(real)
-    n_public = config.public_size or n
     if config.batch_real > n:
         raise ConfigError(f"batch_real {config.batch_real} exceeds the {n} real images")
-    q = config.batch_real / n_public
+    noise_gen = noise_generator(seed, config.secure_noise)  # what protects the data
+    if not config.secure_noise:
+        log.warning("DP-PSG noise is replayable from the seed: the ε is not a guarantee")
 
-    # budget first: σ calibrated (or a given σ checked) once, for every round's private steps
+    # budget first: N (declared, or a DP count drawn once per client per run), then σ
+    # calibrated (or a given σ checked) once, for every round's private steps
     if ledger is None:
-        ledger = plan_ledger(config, n)
+        count = None
+        if config.public_size is None:
+            count = release_count(n, *count_budget(config), noise_gen)  # DP: N̂ is public
+        ledger = plan_ledger(config, count=count)
     else:
-        _check_ledger(ledger, config, q)
+        _check_ledger(ledger, config)
     ledger.reserve(config.steps)  # a round past the plan stops here, before any data
-    sigma = ledger.noise_multiplier
+    sigma, q = ledger.noise_multiplier, ledger.sample_rate
     log.info(
         "DP-PSG: %d private steps (%d of %d spent before), q = %.4g, σ = %.4g, C = %g, "
         "planned ε = %.4g (δ = %g)",
@@ -338,11 +394,6 @@ def distill_psg(
     )
 
     gen = seeded(seed)  # public randomness: networks, initial noise, augmentation, order
-    noise_gen = noise_generator(seed, config.secure_noise)  # what protects the data
-    if not config.secure_noise:
-        log.warning("DP-PSG noise is replayable from the seed: the ε is not a guarantee")
-    if config.public_size is None:
-        log.info("DP-PSG: q = batch_real / %d declares this client's dataset size public", n)
     images, labels = init_images(real, ipc, "noise", gen, record)  # noise, always
     image_syn = images.to(device).requires_grad_(True)
     label_syn = labels.to(device)
@@ -410,6 +461,11 @@ def distill_psg(
         guarantee=config.secure_noise,
         neighbouring=NEIGHBOURING,
         public=public_facts(config),
+        **(
+            {"size": {"source": "declared", "public_size": config.public_size}}
+            if config.public_size
+            else {}
+        ),
     )
     log.info(
         "DP-PSG: ε = %.4g at δ = %g spent over %d steps (all rounds so far)",
@@ -418,7 +474,7 @@ def distill_psg(
         ledger.steps,
     )
     out_labels = label_syn if label_logits is None else label_logits.detach().softmax(1)
-    syn = make_set(
+    return make_set(
         image_syn.detach(),
         out_labels,
         real,
@@ -427,35 +483,38 @@ def distill_psg(
         seed=seed,
         iterations=config.iterations,
         config=config,
-        extra={"privacy": facts.to_dict()},
+        extra={
+            "privacy": facts.to_dict(),  # the exact N is not released; the N of q is
+            ("public_size" if config.public_size else "size_estimate"): released_n(ledger, config),
+        },
+        release_size=False,
     )
-    if config.public_size is not None:  # the true size is not released; the declared N is
-        syn.meta.pop("source_size", None)
-        syn.meta["public_size"] = config.public_size
-    return syn
 
 
 def public_facts(config: PSGConfig) -> list[str]:
     """What the guarantee treats as public (``meta["privacy"]["public"]``)."""
     size = (
-        f"N = public_size = {config.public_size} (declared by the user; the true size is "
-        "not released)"
+        f"N = public_size = {config.public_size} (declared by the user; no count drawn)"
         if config.public_size is not None
-        else "N = the client's exact dataset size (declared public: set public_size to keep it)"
+        else (
+            f"N = max(N̂, batch_real), N̂ a DP estimate of the size (Gaussian count, "
+            f"{config.count_share:g} of ε and of δ; composed with the steps, see size)"
+        )
     )
     return [
         "dataset, image shape and normalisation",
         "ipc",
         "class list (the classes the client holds: the set has ipc images of each)",
-        f"sample rate q = batch_real / N, {size}",
-        "hyperparameters: σ, C, δ, steps, rounds",
+        f"sample rate q = batch_real / N, {size}; the exact size is not released",
+        "hyperparameters: σ, C, δ, batch_real, steps, rounds",
         "seed (drives public randomness only: networks, initial noise images, augmentation, order)",
     ]
 
 
-def _check_ledger(ledger: PrivacyLedger, config: PSGConfig, q: float) -> None:
+def _check_ledger(ledger: PrivacyLedger, config: PSGConfig) -> None:
     """A ledger handed back from an earlier round must be this run's: same budget, δ,
-    accountant, sampling rate and σ (a changed one would void the calibration)."""
+    accountant, N (declared, or the run's DP count, never drawn again), q and σ (a changed
+    one would void the calibration)."""
     want = {
         "epsilon": config.epsilon,
         "delta": config.delta,
@@ -464,6 +523,18 @@ def _check_ledger(ledger: PrivacyLedger, config: PSGConfig, q: float) -> None:
     }
     got = {k: getattr(ledger, k) for k in want}
     bad = [k for k in want if want[k] != got[k]]
+    if config.public_size is not None:
+        n = float(config.public_size)
+        if ledger.count is not None:
+            bad.append("size (a DP count, not the declared public_size)")
+    elif ledger.count is None:
+        bad.append("size (no DP count: was public_size declared?)")
+        n = math.nan
+    else:
+        n = max(ledger.count.estimate, float(config.batch_real))
+        if not math.isclose(ledger.count.delta, count_budget(config)[1], rel_tol=1e-12):
+            bad.append("count_share")
+    q = config.batch_real / n
     if not math.isclose(ledger.sample_rate, q, rel_tol=1e-12):
         bad.append(f"sample_rate ({ledger.sample_rate:.6g} vs {q:.6g})")
     if config.noise_multiplier is not None and config.noise_multiplier != ledger.noise_multiplier:

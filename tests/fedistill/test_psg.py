@@ -95,18 +95,21 @@ def test_recorded_epsilon_equals_a_fresh_opacus_accountant(digits_train, monkeyp
     priv = syn.privacy
     cfg = get_method("psg").make_config(epsilon=5.0, **TINY)
     assert len(calls) == priv["steps"] == cfg.steps == 2 * 2 * 2  # every evaluation counted
-    assert priv["sample_rate"] == pytest.approx(256 / len(digits_train))
+    size = priv["size"]  # N came from a DP count (the default), never the exact size
+    assert size["source"] == "dp-count" and syn.meta["size_estimate"] == round(size["estimate"])
+    assert priv["sample_rate"] == pytest.approx(256 / size["estimate"], rel=1e-12)
     assert priv["clip"] == cfg.clip and priv["delta"] == 1e-5 and priv["accountant"] == "rdp"
     # the spy: every step ran with the recorded σ (> 0 for a finite ε), C and expected batch,
     # so a loop that silently passed σ = 0 while recording σ fails here
     assert priv["noise_multiplier"] > 0
     for kw in calls:
         assert kw["noise_multiplier"] == priv["noise_multiplier"] and kw["clip"] == priv["clip"]
-        assert kw["expected_batch"] == pytest.approx(priv["sample_rate"] * len(digits_train))
-    acc = RDPAccountant()
+        assert kw["expected_batch"] == pytest.approx(priv["sample_rate"] * size["estimate"])
+    acc = RDPAccountant()  # the steps: a fresh accountant, at the δ the count left
     for _ in range(priv["steps"]):
         acc.step(noise_multiplier=priv["noise_multiplier"], sample_rate=priv["sample_rate"])
-    assert priv["epsilon"] == pytest.approx(acc.get_epsilon(delta=priv["delta"]), rel=1e-9)
+    steps_eps = acc.get_epsilon(delta=priv["delta"] - size["delta"])
+    assert priv["epsilon"] == pytest.approx(size["epsilon"] + steps_eps, rel=1e-9)
     assert priv["epsilon"] <= 5.0
     # the record survives the file format
     back = SyntheticSet.from_bytes(syn.to_bytes())
@@ -214,6 +217,8 @@ def test_secure_noise_differs_between_runs_but_networks_are_shared(digits_train,
         assert torch.equal(a, b)
     assert not torch.allclose(grads[0], grads[steps])  # but other noise and batches
     assert not torch.equal(runs[0].images, runs[1].images)
+    # the size count is secure noise too: two runs release different estimates of N
+    assert runs[0].privacy["size"]["estimate"] != runs[1].privacy["size"]["estimate"]
     for syn in runs:
         assert syn.privacy["noise"] == "secure" and syn.privacy["guarantee"] is True
         assert "noise_seed" not in json.dumps(syn.meta)  # nothing recorded reproduces it
@@ -225,6 +230,7 @@ def test_replayable_noise_is_bit_identical_and_marked(digits_train, monkeypatch)
     a, b = (distill("psg", digits_train, 1, **kw) for _ in range(2))
     secure = distill("psg", digits_train, 1, seed=7, epsilon=5.0, **SMALL)
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert a.privacy == b.privacy and a.meta["size_estimate"] == b.meta["size_estimate"]  # N̂ too
     steps = len(grads) // 3
     assert all(torch.equal(g, h) for g, h in zip(grads[:steps], grads[steps : 2 * steps]))
     assert torch.equal(nets[0], nets[-TINY["iterations"]])  # secure run: same networks too
@@ -241,13 +247,18 @@ def test_provenance_states_the_neighbouring_relation_and_what_is_public(digits_t
     priv = syn.privacy
     assert "add/remove one" in priv["neighbouring"]
     public = " | ".join(priv["public"])
-    for fact in ("ipc", "class list", "image shape", "sample rate", "declared public"):
+    for fact in ("ipc", "class list", "image shape", "sample rate", "DP estimate"):
         assert fact in public, fact
-    assert syn.meta["source_size"] == len(digits_train)  # the true N was declared public
+    assert "exact size is not released" in public
+    # by default the true N is not released: a DP estimate of it is, and reported as the count
+    assert "source_size" not in syn.meta and priv["size"]["source"] == "dp-count"
+    assert set_metrics(syn, len(digits_train), 0.0)["num_examples"] == syn.meta["size_estimate"]
     hidden = distill("psg", digits_train, 1, seed=0, epsilon=5.0, public_size=1000, **SMALL)
     assert "source_size" not in hidden.meta and hidden.meta["public_size"] == 1000
+    assert "size_estimate" not in hidden.meta
+    assert hidden.privacy["size"] == {"source": "declared", "public_size": 1000}
     assert hidden.privacy["sample_rate"] == pytest.approx(24 / 1000)
-    assert "not released" in " ".join(hidden.privacy["public"])
+    assert "declared by the user" in " ".join(hidden.privacy["public"])
     assert set_metrics(hidden, len(digits_train), 0.0)["num_examples"] == 1000
 
 
@@ -259,6 +270,7 @@ def test_one_ledger_across_rounds_composes_and_refuses_past_its_plan(digits_trai
     second = m.fn(digits_train, 1, m.make_config(**cfg), seed=1, ledger=ledger)
     p1, p2 = first.privacy, second.privacy
     assert p1["noise_multiplier"] == p2["noise_multiplier"]  # σ calibrated once, for both
+    assert p1["size"] == p2["size"] and p1["sample_rate"] == p2["sample_rate"]  # one count
     assert p2["steps"] == 2 * p1["steps"] == p2["planned_steps"]
     assert p1["epsilon"] < p2["epsilon"] <= 3.0
     with pytest.raises(PrivacyBudgetExceeded, match="planned for 16 private steps, 16 are spent"):
@@ -285,15 +297,20 @@ def test_feddm_three_rounds_records_the_composed_epsilon_of_each_client(digits_t
     steps = TINY["iterations"] * TINY["outer_loop"] * TINY["batch_loop"]
     sigma = {cid: syn.privacy["noise_multiplier"] for cid, syn in res.sets.items()}
     for cid, syn in res.sets.items():
-        q = syn.privacy["sample_rate"]
-        assert q == pytest.approx(24 / len(res.partitions[cid]))
+        q, size = syn.privacy["sample_rate"], syn.privacy["size"]
+        # N is the DP count drawn in the client's first round (once per run: the q of round 3
+        # reproduces every round's ε below), never the partition's exact size
+        assert q == pytest.approx(24 / max(size["estimate"], 24), rel=1e-12)
+        assert size["source"] == "dp-count" and "source_size" not in syn.meta
+        assert res.clients[cid]["num_examples"] == syn.meta["size_estimate"]
         assert syn.privacy["planned_steps"] == 3 * steps  # σ calibrated for all 3 rounds
         previous = 0.0
         for rnd, hist in enumerate(res.history, start=1):
-            acc = RDPAccountant()  # a fresh accountant over this client's whole history
+            acc = RDPAccountant()  # a fresh accountant over this client's whole step history
             for _ in range(rnd * steps):
                 acc.step(noise_multiplier=sigma[cid], sample_rate=q)
-            want = acc.get_epsilon(delta=1e-5)
+            # + the count, composed once (basic composition, at the δ the count left)
+            want = size["epsilon"] + acc.get_epsilon(delta=1e-5 - size["delta"])
             assert hist["epsilon"][str(cid)] == pytest.approx(want, rel=1e-9)
             assert previous < hist["epsilon"][str(cid)] <= target
             previous = hist["epsilon"][str(cid)]
