@@ -236,7 +236,8 @@ def run_backdoor(
     """A backdoor through distillation, measured on models trained on the synthetic set.
 
     ``kind="naive"`` poisons ``p`` of ``train`` and distills with the registry ``method``;
-    ``kind="doorping"`` runs :func:`doorping` (its own DM loop; ``method`` is not used).
+    ``kind="doorping"`` runs :func:`attacks.doorping.doorping` (its own DM or DC loop,
+    ``doorping_config.loop``; ``method`` is not used).
     With ``baseline`` the same pipeline runs without poisoning (p = 0, no trigger updates) and
     its models are tested with the same final trigger: the ASR a trigger gets for free (the
     clean pipeline's ASR, the control). With ``controls`` (DOORPING only) two more sets come
@@ -280,10 +281,10 @@ def run_backdoor(
             progress=progress,
         )
         syn, trigger, idx = res.syn, res.trigger, res.poisoned_indices
-        out["method"] = "doorping-dm"
+        out["method"] = f"doorping-{dcfg.loop}"
         out["trigger_change"] = res.trigger_change
         out["initial_trigger"] = res.initial_trigger.to_dict()
-        out["trigger_updates"] = dcfg.trigger_updates
+        out["trigger_updates"] = res.updates
         out["neurons"] = res.neurons
         out["history"] = _thin(res.history)
         out["doorping_config"] = asdict(dcfg)
@@ -374,6 +375,7 @@ def run_backdoor(
             seed=seed,
             device=device,
         )
+        out["naive"]["trigger"] = naive.trigger.to_dict()
     out["eval"] = asdict(cfg)
     return out
 

@@ -1,37 +1,54 @@
-"""DOORPING (Liu et al., NDSS 2023): a backdoor trigger optimised during distillation.
+"""DOORPING (Liu et al., NDSS 2023): a backdoor trigger optimised inside the distillation loop.
 
-Liu, Li, Backes, Shen, Zhang: "Backdoor Attacks Against Dataset Distillation" (NDSS'23).
+Liu, Li, Backes, Shen, Zhang: "Backdoor Attacks Against Dataset Distillation" (NDSS'23); the
+reference code is ``liuyugeng/baadd`` (``DC/main.py``, ``DC/utils.py: update_trigger``).
 
-**DOORPING**. The trigger itself is optimised *during* distillation so that the synthetic set
-carries it (Liu et al., Algorithm 1; ``liuyugeng/baadd``, ``DC/utils.py: update_trigger``).
-Here on a distribution-matching loop (DM, Zhao & Bilen WACV'23), laid out like DC's loops::
+A fraction ``p`` of the real training images (any class) gets the trigger and the ``target``
+label. The trigger is then re-optimised after every outer iteration of the distillation against
+the network of that moment, and the poisoned images are re-stamped with it, so the synthetic
+set learns whatever the current trigger excites::
 
-    P ← ⌈p·|D|⌉ random indices of D; stamp τ (a random patch) on D[P], labels ← target
-    S ← IPC real images per class of the poisoned data
-    for epoch e = 1..E:                       (a fresh proxy network f: DC's inner network)
-        for outer loop o = 1..O:
-            (a) one DM iteration: a fresh random network ψ; Σ_c ‖mean ψ(real_c) − mean ψ(S_c)‖²
-                with one siamese DSA draw; an SGD step on S
-            (b) f takes a few SGD steps on S
-            (c) every k-th loop: U ← the top-k penultimate units of f by Σ_out |W_out,u| of
-                the classifier; Adam on τ (masked gradient) to bring f's units U on the trigger
-                image to α × their first value (MSE), stopping once close enough
-            (d) re-stamp τ into the clean originals of D[P]
-    return S, τ
+    P ← ⌊p·|D|⌋ random indices of D;  τ ← a random patch (mask: a s×s square at the
+        bottom-right, 1 px in from the border);  D[P] ← stamp(D[P], τ), labels ← target
+    S ← IPC real images per class of the poisoned D
+    DC (gradient matching, ``loop="dc"``):
+      for k = 1..K:  θ ← a fresh ConvNet
+        for t = 1..outer:
+          S ← S − η ∇_S Σ_c D(∇_θ ℓ(θ; S_c), ∇_θ ℓ(θ; B_c))        B_c ⊂ D (with D[P])
+          if t < outer:  train θ for ``inner`` epochs on S;  τ ← UPDATE(τ, θ);  re-stamp D[P]
+    DM (distribution matching, ``loop="dm"``):
+      for k = 1..K:  ψ ← a fresh random ConvNet;  τ ← UPDATE(τ, ψ);  re-stamp D[P]
+        S ← S − η ∇_S Σ_c ‖mean ψ(B_c) − mean ψ(S_c)‖²
+    return S, τ                                               (the LAST τ is the test trigger)
 
-E·O/k trigger updates per run (the reference: after every outer loop of DC, ≈10⁴). The
-random-trigger control is the same loop with τ never updated; NAIVE in the same loop is the
-white patch never updated (:func:`run_backdoor` with ``controls=True``).
+    UPDATE(τ, f):  U ← the top-k units of f's penultimate layer by Σ|W| of their weights into
+      the classifier;  a_0 ← f_U(x_τ) on the trigger image x_τ (the patch on a black image);
+      Adam (lr 0.08, betas 0.9/0.99) on τ's pixels, gradient masked to the patch, minimising
+      MSE(f_U(x_τ), α·a_0), at most ``trigger_steps`` steps, stopping once the MSE is small
 
-Measured on 8×8 digits (CPU, small budgets, 3 final models; see
-``tests/attacks/test_backdoor.py``): kept inside valid pixels, the objective drives the patch to
-all-white, i.e. NAIVE's trigger, and DOORPING (16 % ASR at p = 0.05) stays below NAIVE (37 %)
-while above its random-trigger control (6 %); unclamped, as the reference, an instance-normalised
-network's 1×1 features are bounded and the patch runs off to ±180 with 0 % ASR. The published
-gains are for 32×32 colour images, where the brightest patch is not the optimum.
+An image that drives the selected units far up pulls the target class towards it: in DC its
+gradients dominate the target class's real gradient, in DM it shifts the target class's mean
+embedding, and the synthetic target images must follow. The random-trigger control is the same
+loop with τ never updated; NAIVE in the same loop is BadNets' white patch, never updated
+(:func:`attacks.backdoor.run_backdoor` with ``controls=True``).
 
-NAIVE, the metrics and the experiments that run DOORPING beside its controls are in
-:mod:`attacks.backdoor`.
+Where this follows the reference and where not:
+
+* poisoned images: ``⌊p·|D|⌋`` of the whole training set, any class, relabelled (as
+  ``doorping_perm``); the reference's default ``p`` is 0.01 and its trigger 2×2 px;
+* the trigger is fed alone on a black image (the reference's ``init_trigger`` is the patch on
+  pixel value 0); ``trigger_input="stamped"`` uses a batch of clean non-target images instead;
+* no clamping (``clamp=False``) as the reference: the pattern may leave the valid pixel range
+  and the test trigger is the same unclamped pattern; ``clamp=True`` keeps it a real image;
+* the reference's units are the 192 hidden units of its two-layer classifier head, chosen by
+  Σ|W| of their incoming weights; this ConvNet has a linear classifier, so its penultimate
+  layer is the embedding and the units are chosen by Σ|W| of their outgoing classifier weights
+  (each embedding unit's incoming weights are a convolution filter shared by every position);
+* the stop rule is relative, MSE < ``cost_threshold`` × mean(goal²) (default 0.005: the
+  reference's absolute 0.5 at its typical goal of 10), because activations on 8×8 images are
+  small; a unit at 0 (after ReLU) gets the goal α × 0.01;
+* DM has no trained network: ψ, the fresh random network of the iteration, is both the one the
+  trigger is optimised against and the one the class means are matched under.
 """
 
 from __future__ import annotations
@@ -45,10 +62,12 @@ import torch
 from torch import Tensor, nn
 
 from attacks.backdoor import poison
-from attacks.triggers import Trigger, clamp_to_range, random_trigger, white_trigger
+from attacks.triggers import Trigger, clamp_to_range, pixel_range, random_trigger, white_trigger
 from fedistill.augment import DSA, default_strategy
 from fedistill.data import DatasetInfo, LabeledImages
 from fedistill.distill._common import init_images, make_set, present_classes, sample_per_class
+from fedistill.distill.dc import ChunkedGradients, get_loops, matching_loss, train_on_synthetic
+from fedistill.distill.dm import real_target, synthetic_loss
 from fedistill.errors import ConfigError
 from fedistill.models import build_model
 from fedistill.progress import progress_bar
@@ -56,59 +75,50 @@ from fedistill.synthetic import SyntheticSet
 
 log = logging.getLogger(__name__)
 
-
-# --------------------------------------------------------------------------- DOORPING
+LOOPS = ("dm", "dc")
 
 
 @dataclass
 class DoorpingConfig:
-    """DOORPING (Liu et al. NDSS'23) on a distribution-matching loop; see the module docstring.
+    """DOORPING's distillation loop and trigger update (see the module docstring).
 
-    Laid out like DC's loops in the reference code: ``epochs`` iterations, each with a fresh
-    proxy network (the model the set will train, in the role of DC's inner-loop network), and
-    ``dm_iterations`` *outer loops* per epoch. An outer loop is one DM iteration (a fresh random
-    embedding network, one SGD step on the synthetic images), then ``net_steps`` SGD steps of
-    the proxy on the current synthetic set, then — after every ``trigger_every``-th outer loop
-    — a trigger update against the proxy and a re-stamp of the poisoned images. Trigger
-    updates per run: ``epochs × dm_iterations / trigger_every`` (:attr:`trigger_updates`)."""
+    ``loop="dm"``: ``epochs × dm_iterations`` DM iterations, one trigger update before each.
+    ``loop="dc"``: ``epochs`` outer iterations of DC (a fresh network each), with ``outer_loop``
+    matching steps and ``inner_loop`` network epochs between them (None: DC's ``get_loops``),
+    one trigger update after each inner loop. ``trigger_every`` thins the updates."""
 
-    epochs: int = 10  # fresh proxy networks
-    dm_iterations: int = 20  # outer loops (DM iterations) per epoch
-    lr_img: float = 1.0
+    loop: str = "dm"
+    epochs: int = 10  # DM: blocks of dm_iterations; DC: outer iterations (fresh networks)
+    dm_iterations: int = 20
+    lr_img: float | None = None  # None: DM 1.0, DC 0.1 (the methods' own)
     momentum: float = 0.5
     batch_real: int = 64
     init: str = "real"
-    dsa: bool = True
+    dsa: bool | None = None  # None: DM on (as DM), DC off (as DC)
     dsa_strategy: str | None = None
     model: str = "convnet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    # the proxy network the trigger is optimised against (None: the DM network's model/kwargs)
-    proxy_model: str | None = None
-    proxy_kwargs: dict[str, Any] | None = None
-    net_steps: int = 5
-    net_lr: float = 0.01
-    net_batch: int = 256
+    outer_loop: int | None = None  # DC only
+    inner_loop: int | None = None  # DC only
+    lr_net: float = 0.01  # DC only
+    batch_train: int = 256  # DC only
     # the trigger
-    patch_size: int | None = None  # None: 3 px at 28×28, scaled, ≥ 2
+    patch_size: int | None = 2  # the reference's 2×2 (None: triggers.default_patch_size)
     trigger_init: str = "random"  # "random" (Liu et al.) or "white" (BadNets' patch)
-    # "neurons" (Liu et al.): the top-k penultimate units by Σ|W| of the classifier, regressed
-    # (MSE) to alpha × their initial activation on the trigger image; "target": cross-entropy
-    # of the proxy towards the target on stamped clean images (an ablation)
-    objective: str = "neurons"
     topk: int = 1
     alpha: float = 10.0
     trigger_every: int = 1  # 1: after every outer loop, as in the reference code
     trigger_lr: float = 0.08
-    trigger_steps: int = 100  # at most; stops once the MSE is under cost_threshold
-    cost_threshold: float = 0.5
-    # what the units see: "alone" (the reference: the trigger on a blank image) or "stamped"
-    # (the trigger on a batch of clean non-target images, mean activation)
-    trigger_input: str = "alone"
-    clamp: bool = True  # keep the pattern inside the valid pixel range (not in the reference)
-    trigger_batch: int = 64  # objective "target" only
+    trigger_steps: int = 1000  # at most; stops once the MSE is under the threshold
+    cost_threshold: float = 0.005  # relative: MSE < cost_threshold × mean(goal²)
+    trigger_input: str = "alone"  # "alone": on a black image (reference); "stamped": on images
+    trigger_batch: int = 64  # images the "stamped" input averages over
+    clamp: bool = False  # keep the pattern inside the valid pixel range (not in the reference)
     update_trigger: bool = True  # False: the random-trigger control (same loop, fixed patch)
 
     def validate(self) -> None:
+        if self.loop not in LOOPS:
+            raise ConfigError(f"loop must be one of {', '.join(LOOPS)}, got '{self.loop}'")
         if self.epochs < 1 or self.dm_iterations < 1 or self.trigger_every < 1:
             raise ConfigError("doorping needs epochs, dm_iterations and trigger_every ≥ 1")
         if self.init not in ("real", "noise"):
@@ -121,32 +131,59 @@ class DoorpingConfig:
             raise ConfigError(
                 f"trigger_input must be 'alone' or 'stamped', got '{self.trigger_input}'"
             )
-        if self.objective not in ("neurons", "target"):
-            raise ConfigError(f"objective must be 'neurons' or 'target', got '{self.objective}'")
-        if self.topk < 1 or self.trigger_steps < 0 or self.batch_real < 1 or self.net_steps < 0:
-            raise ConfigError("topk and batch_real must be ≥ 1, trigger_steps and net_steps ≥ 0")
-        if not (math.isfinite(self.alpha) and self.alpha > 0):
-            raise ConfigError(f"alpha must be a finite number > 0, got {self.alpha}")
+        if self.topk < 1 or self.trigger_steps < 0 or self.batch_real < 1:
+            raise ConfigError("topk and batch_real must be ≥ 1, trigger_steps ≥ 0")
+        if self.outer_loop is not None and self.outer_loop < 1:
+            raise ConfigError(f"outer_loop must be ≥ 1, got {self.outer_loop}")
+        if self.inner_loop is not None and self.inner_loop < 0:
+            raise ConfigError(f"inner_loop must be ≥ 0, got {self.inner_loop}")
+        if self.patch_size is not None and self.patch_size < 1:
+            raise ConfigError(f"patch_size must be ≥ 1, got {self.patch_size}")
+        for name in ("alpha", "trigger_lr", "lr_net", "cost_threshold"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {v}")
+        if self.lr_img is not None and not self.lr_img > 0:
+            raise ConfigError(f"lr_img must be > 0, got {self.lr_img}")
 
-    @property
-    def trigger_updates(self) -> int:
-        """How many times the trigger is updated in a run."""
-        return self.iterations // self.trigger_every if self.update_trigger else 0
+    def loops(self, ipc: int) -> tuple[int, int]:
+        """DC's (outer, inner) schedule for ``ipc``."""
+        outer, inner = get_loops(ipc)
+        return (
+            outer if self.outer_loop is None else self.outer_loop,
+            inner if self.inner_loop is None else self.inner_loop,
+        )
 
     @property
     def iterations(self) -> int:
-        """Outer loops (DM iterations) in a run."""
-        return self.epochs * self.dm_iterations
+        """DM iterations (``loop="dm"``) or DC outer iterations (``loop="dc"``)."""
+        return self.epochs * self.dm_iterations if self.loop == "dm" else self.epochs
+
+    def trigger_updates(self, ipc: int) -> int:
+        """How many times the trigger is updated in a run."""
+        if not self.update_trigger:
+            return 0
+        per = 1 if self.loop == "dm" else max(0, self.loops(ipc)[0] - 1)
+        return (self.iterations * per) // self.trigger_every
+
+    def use_dsa(self) -> bool:
+        return self.loop == "dm" if self.dsa is None else self.dsa
+
+    def image_lr(self) -> float:
+        if self.lr_img is not None:
+            return self.lr_img
+        return 1.0 if self.loop == "dm" else 0.1
 
 
 @dataclass
 class DoorpingResult:
     syn: SyntheticSet
-    trigger: Trigger
+    trigger: Trigger  # the last one: the trigger used at test time
     initial_trigger: Trigger
     poisoned_indices: Tensor
     history: list[dict[str, float]]
     neurons: list[int] = field(default_factory=list)  # the units of the last update
+    updates: int = 0
 
     @property
     def trigger_change(self) -> float:
@@ -156,57 +193,20 @@ class DoorpingResult:
         )
 
 
-def _dm_step(
-    syn: Tensor,
-    syn_labels: Tensor,
-    real: LabeledImages,
-    classes: list[int],
-    opt: torch.optim.Optimizer,
-    cfg: DoorpingConfig,
-    augment: DSA | None,
-    gen: torch.Generator,
-    device: torch.device,
-) -> float:
-    """One DM iteration: match per-class mean embeddings of a fresh random network."""
-    net = build_model(cfg.model, real.info, **cfg.model_kwargs).to(device)
-    net.train()
-    for prm in net.parameters():
-        prm.requires_grad_(False)
-    idx = sample_per_class(real, cfg.batch_real, gen, classes)
-    x_real = real.images[idx].to(device)
-    g_real = torch.arange(len(classes)).repeat_interleave(cfg.batch_real)
-    pos = {c: j for j, c in enumerate(classes)}
-    g_syn = torch.tensor([pos[int(c)] for c in syn_labels])
-    x_syn = syn
-    if augment is not None:
-        s = int(torch.randint(1 << 30, (1,), generator=gen))
-        x_real = augment(x_real, seed=s, groups=g_real)
-        x_syn = augment(x_syn, seed=s, groups=g_syn)
-    with torch.no_grad():
-        e_real = net.embed(x_real)
-    e_syn = net.embed(x_syn)
-    k = len(classes)
-    mean_real = (
-        torch.zeros(k, e_real.shape[1], device=device).index_add_(0, g_real.to(device), e_real)
-        / cfg.batch_real
-    )
-    counts = torch.bincount(g_syn, minlength=k).clamp_min(1).to(device).unsqueeze(1)
-    mean_syn = (
-        torch.zeros(k, e_syn.shape[1], device=device).index_add_(0, g_syn.to(device), e_syn)
-        / counts
-    )
-    loss = ((mean_real - mean_syn) ** 2).sum()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return float(loss.detach())
+# --------------------------------------------------------------------------- the update
 
 
 def select_neurons(model: nn.Module, topk: int) -> Tensor:
-    """Liu et al.'s neuron selection: the ``topk`` penultimate-layer units with the largest
-    total connection strength Σ_out |W_out,j| into the following (classifier) layer."""
+    """The ``topk`` penultimate-layer units (the classifier's inputs) with the largest total
+    connection strength Σ_out |W_out,j| into the classifier."""
     weight = model.classifier.weight.detach().abs().sum(0)
     return weight.topk(min(topk, len(weight))).indices
+
+
+def black_image(info: DatasetInfo) -> Tensor:
+    """C×H×W of pixel value 0 in the normalised space (the reference's trigger background)."""
+    lo, _hi = pixel_range(info)
+    return lo.expand(info.channels, info.height, info.width).clone()
 
 
 def update_trigger_neurons(
@@ -217,46 +217,38 @@ def update_trigger_neurons(
     topk: int = 1,
     alpha: float = 10.0,
     lr: float = 0.08,
-    steps: int = 100,
-    cost_threshold: float = 0.5,
-    clamp: bool = True,
+    steps: int = 1000,
+    cost_threshold: float = 0.005,
+    clamp: bool = False,
     background: Tensor | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[Trigger, dict[str, Any]]:
-    """DOORPING's trigger update (Liu et al., ``update_trigger`` in ``liuyugeng/baadd``).
+    """DOORPING's trigger update (``update_trigger`` in ``liuyugeng/baadd``).
 
-    Select the units (:func:`select_neurons`), feed the trigger image alone (the pattern inside
-    its mask, the dataset mean elsewhere), and move the pattern with Adam (lr 0.08, betas
-    0.9/0.99, the gradient masked to the patch) so the units' activations reach ``alpha`` ×
-    their value at the first step (MSE), stopping once the loss is under ``cost_threshold``.
-    With ``clamp`` (the default; the reference code does not clamp) the pattern is kept inside
-    the valid pixel range after every step, so the trigger stays an image a camera could
-    take. With ``background`` (N×C×H×W clean images) the units see the trigger stamped on
-    them (mean over the batch) instead of on a blank image.
-
-    The stopping rule differs from the reference's absolute MSE < 0.5, which on small
-    activations (8×8 inputs) stops before the first step: here it is the MSE relative to the
-    goal, ``MSE < cost_threshold × mean(goal²)``."""
+    Select the units (:func:`select_neurons`), feed the trigger image (the pattern inside its
+    mask on a black image, or stamped on ``background``: N×C×H×W, mean activation), and move
+    the pattern with Adam (gradient masked to the patch) so the units reach ``alpha`` × their
+    activation at the first step (MSE), at most ``steps`` steps, stopping once the MSE is under
+    ``cost_threshold`` × mean(goal²). ``clamp`` keeps the pattern inside the valid pixel range
+    after every step (the reference does not). The model's parameters are left untouched."""
     device = torch.device(device)
-    bg = background.to(device) if background is not None else None
+    was_training = model.training
     model = model.to(device).eval()
+    flags = [p.requires_grad for p in model.parameters()]
     for prm in model.parameters():
         prm.requires_grad_(False)
-    units = select_neurons(model, topk)
+    units = select_neurons(model, topk).to(device)
     mask = trigger.mask.to(device)
+    base = (black_image(info).unsqueeze(0) if background is None else background).to(device)
     pattern = trigger.pattern.clone().to(device).requires_grad_(True)
     opt = torch.optim.Adam([pattern], lr=lr, betas=(0.9, 0.99))
-    goal = None
-    first = last = float("nan")
-    loss_value = float("nan")
+    goal: Tensor | None = None
+    first = last = loss_value = float("nan")
+    taken = 0
     for _ in range(steps):
-        if bg is None:
-            act = model.embed((pattern * mask).unsqueeze(0))[:, units]
-        else:
-            act = model.embed(bg * (1 - mask) + pattern * mask)[:, units].mean(0, keepdim=True)
+        act = model.embed(base * (1 - mask) + pattern * mask)[:, units].mean(0, keepdim=True)
         if goal is None:
             first = float(act.detach().mean())
-            # α × the initial activation; a unit at 0 (ReLU) gets α × a small positive floor
             goal = alpha * act.detach().clamp_min(1e-2)
         loss = nn.functional.mse_loss(act, goal)
         loss_value, last = float(loss.detach()), float(act.detach().mean())
@@ -266,74 +258,154 @@ def update_trigger_neurons(
         loss.backward()
         pattern.grad.mul_(mask)
         opt.step()
+        taken += 1
         with torch.no_grad():
             pattern.copy_((clamp_to_range(pattern, info) if clamp else pattern) * mask)
-    for prm in model.parameters():
-        prm.requires_grad_(True)
+    for prm, flag in zip(model.parameters(), flags, strict=True):
+        prm.requires_grad_(flag)
+    model.train(was_training)
     info_out = {
         "neurons": units.tolist(),
         "activation_before": first,
         "activation": last,
         "mse": loss_value,
+        "steps": taken,
     }
     return Trigger(pattern.detach().cpu(), trigger.mask.clone()), info_out
 
 
-def _update_trigger_target(
-    trigger: Trigger,
-    model: nn.Module,
-    clean: Tensor,
-    target: int,
-    cfg: DoorpingConfig,
-    info: DatasetInfo,
-    gen: torch.Generator,
-    device: torch.device,
-) -> tuple[Trigger, dict[str, Any]]:
-    """The ablation objective: cross-entropy of ``model`` towards ``target`` on clean
-    non-target images stamped with the trigger."""
-    model.eval()
-    for prm in model.parameters():
-        prm.requires_grad_(False)
-    batch = clean[torch.randperm(len(clean), generator=gen)[: cfg.trigger_batch]].to(device)
-    pattern = trigger.pattern.clone().to(device).requires_grad_(True)
-    mask = trigger.mask.to(device)
-    opt = torch.optim.Adam([pattern], lr=cfg.trigger_lr, betas=(0.9, 0.99))
-    loss_value = float("nan")
-    for _ in range(cfg.trigger_steps):
-        logits = model(batch * (1 - mask) + pattern * mask)
-        loss = nn.functional.cross_entropy(logits, torch.full_like(logits[:, 0], target).long())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        pattern.grad.mul_(mask)
-        opt.step()
-        with torch.no_grad():
-            pattern.copy_(clamp_to_range(pattern, info) * mask)
-        loss_value = float(loss.detach())
-    for prm in model.parameters():
-        prm.requires_grad_(True)
-    return Trigger(pattern.detach().cpu(), trigger.mask.clone()), {"ce": loss_value}
+# --------------------------------------------------------------------------- the loops
 
 
-def _train_steps(
-    net: nn.Module,
+class _Poisoned:
+    """The poisoned training data and the trigger update that re-stamps it."""
+
+    def __init__(
+        self,
+        real: LabeledImages,
+        trigger: Trigger,
+        p: float,
+        target: int,
+        cfg: DoorpingConfig,
+        seed: int,
+        gen: torch.Generator,
+        device: torch.device,
+    ) -> None:
+        n = math.floor(p * len(real))
+        indices = torch.randperm(len(real), generator=gen)[:n]
+        self.data, self.indices = poison(real, trigger, p, target, indices=indices)
+        self.originals = real.images[self.indices].clone()
+        self.trigger, self.cfg, self.gen, self.device = trigger, cfg, gen, device
+        non_target = real.images[real.labels != target]
+        self.non_target = non_target if len(non_target) else real.images
+        self.updating = cfg.update_trigger and len(self.indices) > 0
+        self.count = 0  # calls
+        self.updates = 0  # updates made
+        self.neurons: list[int] = []
+
+    def update(self, net: nn.Module) -> dict[str, Any]:
+        """τ ← UPDATE(τ, net) and re-stamp the poisoned images (every ``trigger_every``-th
+        call); returns the update's facts (empty when it was skipped)."""
+        self.count += 1
+        if not self.updating or self.count % self.cfg.trigger_every:
+            return {}
+        cfg = self.cfg
+        background = None
+        if cfg.trigger_input == "stamped":
+            pick = torch.randperm(len(self.non_target), generator=self.gen)[: cfg.trigger_batch]
+            background = self.non_target[pick]
+        self.trigger, upd = update_trigger_neurons(
+            self.trigger,
+            net,
+            self.data.info,
+            topk=cfg.topk,
+            alpha=cfg.alpha,
+            lr=cfg.trigger_lr,
+            steps=cfg.trigger_steps,
+            cost_threshold=cfg.cost_threshold,
+            clamp=cfg.clamp,
+            background=background,
+            device=self.device,
+        )
+        self.data.images[self.indices] = self.trigger.stamp(self.originals).detach()
+        self.neurons = upd["neurons"]
+        self.updates += 1
+        return upd
+
+
+def _network(cfg: DoorpingConfig, info: DatasetInfo, device: torch.device) -> nn.Module:
+    kwargs = dict(cfg.model_kwargs)
+    if cfg.model == "convnet" and "depth" not in kwargs and min(info.height, info.width) < 16:
+        kwargs["depth"] = 2  # as DM and DC on 8×8 images (see their net_depth)
+    return build_model(cfg.model, info, **kwargs).to(device)
+
+
+def _dm_loop(
+    pois: _Poisoned,
+    syn: Tensor,
     opt: torch.optim.Optimizer,
-    x: Tensor,
-    y: Tensor,
-    steps: int,
-    batch: int,
+    classes: list[int],
     augment: DSA | None,
-    gen: torch.Generator,
-) -> None:
-    net.train()
-    for _ in range(steps):
-        idx = torch.randperm(len(x), generator=gen)[:batch].to(x.device)
-        xb = x[idx]
-        if augment is not None:
-            xb = augment(xb, generator=gen)
-        loss = nn.functional.cross_entropy(net(xb), y[idx])
+    bar: Any,
+) -> list[dict[str, Any]]:
+    cfg, data, gen = pois.cfg, pois.data, pois.gen
+    history = []
+    for it in range(cfg.iterations):
+        net = _network(cfg, data.info, syn.device).train()  # ψ: fresh, random, never trained
+        for prm in net.parameters():
+            prm.requires_grad_(False)
+        row: dict[str, Any] = {"iteration": it, **pois.update(net)}
+        x_real = data.images[sample_per_class(data, cfg.batch_real, gen, classes)]
+        seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+        target = real_target(
+            net, x_real.to(syn.device), len(classes), augment=augment, seed=seed, fast=False
+        )
+        loss = synthetic_loss(target, syn, len(classes), augment)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        row["loss"] = float(loss.detach())
+        history.append(row)
+        bar.advance(loss=row["loss"])
+    return history
+
+
+def _dc_loop(
+    pois: _Poisoned,
+    syn: Tensor,
+    labels: Tensor,
+    opt: torch.optim.Optimizer,
+    classes: list[int],
+    augment: DSA | None,
+    ipc: int,
+    bar: Any,
+) -> list[dict[str, Any]]:
+    cfg, data, gen = pois.cfg, pois.data, pois.gen
+    outer, inner = cfg.loops(ipc)
+    grads = ChunkedGradients()
+    history = []
+    for it in range(cfg.iterations):
+        net = _network(cfg, data.info, syn.device).train()  # θ: fresh, trained on S
+        opt_net = torch.optim.SGD(net.parameters(), lr=cfg.lr_net)
+        loss_sum, row = 0.0, {"iteration": it}
+        for t in range(outer):
+            loss = matching_loss(
+                net, data, syn, labels, classes, ipc, cfg.batch_real, gen, augment, grads
+            )
+            (grad,) = torch.autograd.grad(loss, [syn])
+            syn.grad = grad
+            opt.step()
+            loss_sum += float(loss.detach())
+            if t == outer - 1:
+                break
+            train_on_synthetic(
+                net, opt_net, syn.detach(), labels, inner, cfg.batch_train, gen, augment, grads
+            )
+            row.update(pois.update(net))
+        row["loss"] = loss_sum / (len(classes) * outer)
+        history.append(row)
+        bar.advance(match=row["loss"])
+    return history
 
 
 def doorping(
@@ -348,14 +420,17 @@ def doorping(
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> DoorpingResult:
-    """DOORPING: distill ``real`` while the trigger is optimised inside the outer loop.
+    """DOORPING: distill ``real`` by DM or DC (``config.loop``) while the trigger is
+    re-optimised inside the outer loop (the module docstring's algorithm).
 
-    ``⌈p·|D|⌉`` random images get the trigger and the ``target`` label; the distiller sees
-    them among the clean ones, and they are re-stamped after every trigger update. With
-    ``config.update_trigger=False`` this is the random-trigger control: the same loop, the same
-    poisoned images, the initial (random) patch never optimised."""
+    ``⌊p·|D|⌋`` random images of any class get the trigger and the ``target`` label; they are
+    re-stamped after every trigger update. With ``config.update_trigger=False`` this is a
+    control: the same loop and poisoned images with the initial patch (random, or white with
+    ``trigger_init="white"``) never moved. Returns the set and the last trigger."""
     cfg = config or DoorpingConfig()
     cfg.validate()
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"poison fraction p must be in [0, 1], got {p}")
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -367,91 +442,41 @@ def doorping(
     else:
         trigger = random_trigger(info, gen, cfg.patch_size)
     initial = trigger.clone()
-    poisoned, idx = poison(real, trigger, p, target, seed=seed)
-    originals = real.images[idx].clone()
-    non_target = real.images[real.labels != target]
-    if len(non_target) == 0:
-        non_target = real.images
-    classes = present_classes(poisoned)
-    images, syn_labels = init_images(poisoned, ipc, cfg.init, gen)
+    pois = _Poisoned(real, trigger, p, target, cfg, seed, gen, device)
+    classes = present_classes(pois.data)
+    images, labels = init_images(pois.data, ipc, cfg.init, gen)
     syn = images.to(device).requires_grad_(True)
-    opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
-    augment = DSA(cfg.dsa_strategy or default_strategy(info)) if cfg.dsa else None
-    y_syn = syn_labels.to(device)
-    history: list[dict[str, Any]] = []
-    net: nn.Module | None = None
-    net_opt: torch.optim.Optimizer | None = None
-    neurons: list[int] = []
-    updating = cfg.update_trigger and len(idx) > 0
-    with progress_bar("doorping", cfg.iterations, progress) as bar:
-        for it in range(cfg.iterations):
-            loss = _dm_step(syn, syn_labels, poisoned, classes, opt, cfg, augment, gen, device)
-            row: dict[str, Any] = {"iteration": it, "dm_loss": loss}
-            if updating:
-                if net is None or it % cfg.dm_iterations == 0:
-                    net = build_model(
-                        cfg.proxy_model or cfg.model,
-                        info,
-                        **(cfg.model_kwargs if cfg.proxy_kwargs is None else cfg.proxy_kwargs),
-                    ).to(device)
-                    net_opt = torch.optim.SGD(net.parameters(), lr=cfg.net_lr, momentum=0.5)
-                _train_steps(
-                    net,
-                    net_opt,
-                    syn.detach(),
-                    y_syn,
-                    cfg.net_steps,
-                    cfg.net_batch,
-                    augment,
-                    gen,
-                )
-                if (it + 1) % cfg.trigger_every == 0:
-                    if cfg.objective == "neurons":
-                        trigger, upd = update_trigger_neurons(
-                            trigger,
-                            net,
-                            info,
-                            topk=cfg.topk,
-                            alpha=cfg.alpha,
-                            lr=cfg.trigger_lr,
-                            steps=cfg.trigger_steps,
-                            cost_threshold=cfg.cost_threshold,
-                            clamp=cfg.clamp,
-                            background=(
-                                non_target[
-                                    torch.randperm(len(non_target), generator=gen)[
-                                        : cfg.trigger_batch
-                                    ]
-                                ]
-                                if cfg.trigger_input == "stamped"
-                                else None
-                            ),
-                            device=device,
-                        )
-                        neurons = upd["neurons"]
-                    else:
-                        trigger, upd = _update_trigger_target(
-                            trigger, net, non_target, target, cfg, info, gen, device
-                        )
-                    # re-stamp the poisoned subset from its clean originals
-                    poisoned.images[idx] = trigger.stamp(originals).detach()
-                    row.update(upd)
-            history.append(row)
-            bar.advance(loss=loss)
+    opt = torch.optim.SGD([syn], lr=cfg.image_lr(), momentum=cfg.momentum)
+    augment = DSA(cfg.dsa_strategy or default_strategy(info)) if cfg.use_dsa() else None
+    with progress_bar(f"doorping-{cfg.loop}", cfg.iterations, progress) as bar:
+        if cfg.loop == "dm":
+            history = _dm_loop(pois, syn, opt, classes, augment, bar)
+        else:
+            y = labels.to(device)
+            history = _dc_loop(pois, syn, y, opt, classes, augment, ipc, bar)
+    result = DoorpingResult(
+        make_set(
+            syn.detach(),
+            labels,
+            real,
+            method=f"doorping-{cfg.loop}",
+            ipc=ipc,
+            seed=seed,
+            iterations=cfg.iterations,
+            config=cfg,
+        ),
+        pois.trigger,
+        initial,
+        pois.indices,
+        history,
+        pois.neurons,
+        updates=pois.updates,
+    )
     log.info(
-        "doorping: %d iterations, %d trigger updates, trigger change %.3f",
+        "doorping-%s: %d iterations, %d trigger updates, trigger change %.3f",
+        cfg.loop,
         cfg.iterations,
-        cfg.trigger_updates if len(idx) else 0,
-        float((trigger.patch_values() - initial.patch_values()).abs().mean()),
+        result.updates,
+        result.trigger_change,
     )
-    syn_set = make_set(
-        syn.detach(),
-        syn_labels,
-        real,
-        method="doorping",
-        ipc=ipc,
-        seed=seed,
-        iterations=cfg.iterations,
-        config=cfg,
-    )
-    return DoorpingResult(syn_set, trigger, initial, idx, history, neurons)
+    return result

@@ -118,7 +118,7 @@ def run_federated_backdoor(
         "n": n,
         "p": p,
         "target": target,
-        "method": method if kind == "naive" else "doorping-dm",
+        "method": method if kind == "naive" else f"doorping-{dcfg.loop}",
         "ipc": ipc,
         "defended": defended,
         "accuracy": result.accuracy,

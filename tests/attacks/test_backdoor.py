@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -12,11 +10,9 @@ from attacks.backdoor import (
     backdoor_metrics,
     evaluate_backdoor,
     poison,
-    run_backdoor,
     run_real_backdoor,
     summarise_models,
 )
-from attacks.doorping import DoorpingConfig, select_neurons, update_trigger_neurons
 from attacks.triggers import patch_mask, pixel_range, random_trigger, white_trigger
 from fedistill.data import DIGITS_INFO, MNIST_INFO
 from fedistill.errors import ConfigError
@@ -110,77 +106,3 @@ def test_evaluate_backdoor_reports_three_figures_per_seed(digits_train, digits_t
         assert 0 <= out[key] <= 1 and out[f"{key}_std"] >= 0
     assert out["asr"] > 0.8 and out["clean_target_rate"] < 0.1  # a real backdoor
     assert out["clean_accuracy"] > 0.8
-
-
-def test_neuron_selection_and_the_activation_raising_trigger_update(digits_train):
-    torch.manual_seed(0)
-    model = build_model("mlp", digits_train.info, width=32)
-    with torch.no_grad():
-        model.classifier.weight.zero_()
-        model.classifier.weight[:, 5] = 1.0  # unit 5 has the strongest connections
-        model.classifier.weight[:, 9] = -0.5
-    assert select_neurons(model, 2).tolist() == [5, 9]
-    trigger = random_trigger(digits_train.info, torch.Generator().manual_seed(0), size=3)
-    background = digits_train.images[:64]
-    new, info = update_trigger_neurons(
-        trigger,
-        model,
-        digits_train.info,
-        topk=1,
-        alpha=3.0,
-        steps=300,
-        cost_threshold=0.0,
-        clamp=True,
-        background=background,
-    )
-    assert info["neurons"] == [5]
-    assert info["activation"] > info["activation_before"] + 0.05  # the unit was driven up
-    lo, hi = pixel_range(digits_train.info)
-    assert (new.patch_values() >= lo.flatten() - 1e-6).all()
-    assert (new.patch_values() <= hi.flatten() + 1e-6).all()
-    assert torch.equal(new.mask, trigger.mask)
-    outside = ~new.mask.bool().expand_as(new.pattern)
-    assert (new.pattern[outside] == 0).all()  # only the patch moves
-    with pytest.raises(ConfigError):
-        DoorpingConfig(alpha=0).validate()
-    with pytest.raises(ConfigError):
-        DoorpingConfig(trigger_input="sideways").validate()
-
-
-@pytest.mark.slow
-def test_doorping_updates_the_trigger_inside_the_loop_and_runs_its_controls(
-    digits_train, digits_test
-):
-    cfg = DoorpingConfig(
-        epochs=2,
-        dm_iterations=5,
-        patch_size=3,
-        model_kwargs={"width": 32},
-        proxy_kwargs={"width": 32, "norm": "none"},
-        trigger_input="stamped",
-        topk=5,
-        trigger_steps=30,
-    )
-    assert cfg.trigger_updates == 10
-    out = run_backdoor(
-        digits_train,
-        digits_test,
-        kind="doorping",
-        ipc=10,
-        p=0.1,
-        target=0,
-        eval_cfg=dataclasses.replace(SYN_CFG, num_models=3),
-        doorping_config=cfg,
-        controls=True,
-    )
-    assert out["trigger_updates"] == 10 and out["trigger_change"] > 0.05
-    assert len(out["neurons"]) == 5
-    for key in ("attacked", "random_trigger", "naive", "baseline"):
-        assert out[key]["num_models"] == 3 and "clean_target_rate" in out[key]
-    assert out["attacked"]["clean_accuracy"] > 0.7
-
-
-# Whether DOORPING beats its random-trigger control by 20 points and NAIVE at the same p is an
-# accuracy target, so it lives in a benchmark: experiments/bench_doorping.py (its JSON says
-# whether the target is met; measured 2026-12-02 on digits it is not: the activation-raising
-# objective, kept inside valid pixels, drives the patch to all-white, NAIVE's own trigger).
