@@ -68,7 +68,7 @@ from attacks.targets import PipelineConfig, TargetModel, build_target, random_ha
 from fedistill.data import LabeledImages
 from fedistill.errors import ConfigError
 from fedistill.evaluate import accuracy
-from fedistill.progress import progress_bar
+from fedistill.jobs import map_jobs
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class LiRAConfig:
     rmia_gamma: float = 2.0  # RMIA: x beats z when LR(x) / LR(z) > γ
     n_boot: int = 1000  # bootstrap replicates for the populations' intervals
     num_targets: int = 1  # independent targets pooled into ``populations``
+    jobs: int = 1  # pipelines trained at once, each in its own single-threaded process
 
     def validate(self) -> None:
         if self.num_shadows < 2:
@@ -97,6 +98,8 @@ class LiRAConfig:
             raise ConfigError("shift must be ≥ 0")
         if self.num_targets < 1:
             raise ConfigError("num_targets must be ≥ 1")
+        if self.jobs < 1:
+            raise ConfigError("jobs must be ≥ 1")
         if self.member_fit not in MEMBER_FITS:
             raise ConfigError(f"member_fit must be one of {MEMBER_FITS}, got {self.member_fit!r}")
         if not 0.0 <= self.rmia_a <= 1.0 or self.rmia_gamma < 1.0:
@@ -291,23 +294,31 @@ def score_models(
     progress: bool = False,
 ) -> tuple[np.ndarray, list[TargetModel]]:
     """Train one pipeline per row of ``keep`` (M×N) and return φ of every model on every
-    candidate and view (M×N×Q), with the trained targets (models dropped after row 0)."""
-    rows, runs = [], []
-    with progress_bar(f"lira {cfg.label}", len(keep), progress) as bar:
-        for m, mask in enumerate(keep):
-            run = build_target(
-                cfg, pool, np.nonzero(mask)[0], seed=seed * 100_003 + m, device=device
-            )
-            rows.append(
-                model_scores(
-                    run.model, pool, "logit", shift=lira.shift, flip=lira.flip, device=device
-                )
-            )
-            if m > 0:
-                run.model = None  # type: ignore[assignment]  # keep only the budget
-            runs.append(run)
-            bar.advance()
-    return np.stack(rows), runs
+    candidate and view (M×N×Q), with the trained targets (models dropped after row 0).
+
+    The pipelines run in ``lira.jobs`` single-threaded worker processes
+    (:func:`fedistill.jobs.map_jobs`); each is bit for bit what it gives alone in one thread."""
+    shared = (pool, cfg, lira, seed, str(device))
+    out = map_jobs(
+        _score_one,
+        list(enumerate(keep)),
+        shared,
+        jobs=lira.jobs,
+        progress=progress,
+        description=f"lira {cfg.label}",
+    )
+    return np.stack([row for row, _run in out]), [run for _row, run in out]
+
+
+def _score_one(shared: tuple, item: tuple[int, np.ndarray]) -> tuple[np.ndarray, TargetModel]:
+    """One pipeline of :func:`score_models`: train it on its half, score every candidate."""
+    pool, cfg, lira, seed, device = shared
+    m, mask = item
+    run = build_target(cfg, pool, np.nonzero(mask)[0], seed=seed * 100_003 + m, device=device)
+    row = model_scores(run.model, pool, "logit", shift=lira.shift, flip=lira.flip, device=device)
+    if m > 0:
+        run.model = None  # type: ignore[assignment]  # keep only the budget
+    return row, run
 
 
 def run_lira(

@@ -406,50 +406,24 @@ def run_alpha(
     return {"alpha": alpha, "feddm": feddm, "fedavg": fedavg}
 
 
+def _alpha_job(shared: tuple, alpha: float) -> dict[str, Any]:
+    """One α in a worker process of :func:`fedistill.jobs.map_jobs` (one thread)."""
+    root, b, seed = shared
+    train = load_dataset("mnist", root, train=True)
+    test = load_dataset("mnist", root, train=False)
+    if b.train_limit:
+        train = train.subset(torch.arange(min(b.train_limit, len(train))))
+    return run_alpha(train, test, alpha, b, seed)
+
+
 def run_alphas_in_processes(b: Budget, args: argparse.Namespace) -> dict[str, Any]:
-    """One worker process per α (this script, one thread, no Flower run), ``args.jobs`` at a
-    time; their JSON files are merged. Wall times then share the CPU with the other jobs."""
-    work = Path(tempfile.mkdtemp(prefix="fedistill-bench-alphas-"))
-    common = [sys.executable, str(Path(__file__).resolve()), "--no-flower", "--threads", "1"]
-    common += ["--data-root", str(args.data_root), "--seed", str(args.seed)]
-    for flag, value in (
-        ("--clients", b.clients),
-        ("--method", b.method),
-        ("--iterations", b.iterations),
-        ("--eval-epochs", b.eval_epochs),
-        ("--feddm-rounds", b.feddm_rounds),
-        ("--fedavg-rounds", b.fedavg_rounds),
-        ("--train-limit", b.train_limit),
-        ("--batch-real", b.batch_real),
-        ("--width", b.width),
-        ("--local-epochs", b.local_epochs),
-    ):
-        if value is not None:
-            common += [flag, str(value)]
-    pending = [
-        (f"{a:g}", [*common, "--alphas", repr(a), "--out-dir", str(work / f"{a:g}")])
-        for a in b.alphas
-    ]
-    running: list[tuple[str, subprocess.Popen]] = []
-    failed = []
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            key, cmd = pending.pop(0)
-            print("$ " + " ".join(cmd), flush=True)
-            running.append((key, subprocess.Popen(cmd)))
-        time.sleep(2)
-        for key, proc in list(running):
-            if proc.poll() is not None:
-                running.remove((key, proc))
-                if proc.returncode != 0:
-                    failed.append(key)
-    if failed:
-        raise FedistillError(f"α worker(s) {', '.join(failed)} failed; see their output above")
-    out = {}
-    for a in b.alphas:
-        doc = json.loads((work / f"{a:g}" / "bench_federated.json").read_text())
-        out.update(doc["alphas"])
-    return out
+    """One single-threaded worker process per α, ``args.jobs`` at a time (no Flower run).
+    Wall times then share the CPU with the other jobs."""
+    from fedistill.jobs import map_jobs
+
+    shared = (str(args.data_root), b, args.seed)
+    runs = map_jobs(_alpha_job, list(b.alphas), shared, jobs=args.jobs)
+    return {f"{a:g}": run for a, run in zip(b.alphas, runs, strict=True)}
 
 
 # ------------------------------------------------------------------------------ plots
@@ -615,11 +589,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     if args.jobs > 1 and len(b.alphas) > 1:
-        try:
-            alpha_runs = run_alphas_in_processes(b, args)
-        except FedistillError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+        alpha_runs = run_alphas_in_processes(b, args)
     else:
         alpha_runs = {}
         for alpha in b.alphas:

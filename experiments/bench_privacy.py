@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import math
 import statistics
@@ -242,43 +243,34 @@ def reference_rows(
     return out
 
 
-_WORKER: dict[str, Any] = {}
-
-
-def _worker_init(root: str, threads: int) -> None:
-    import torch
-
+@functools.lru_cache(maxsize=2)
+def _mnist(root: str, train: bool):
     from fedistill.data import load_dataset
 
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("fedistill", "opacus"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    _WORKER["train"] = load_dataset("mnist", root, train=True)
-    _WORKER["test"] = load_dataset("mnist", root, train=False)
+    return load_dataset("mnist", root, train=train)
 
 
-def _worker_run(spec, eval_cfg, seed, device) -> dict[str, Any]:
-    return run_one(spec, _WORKER["train"], _WORKER["test"], eval_cfg, seed, device)
+def _job(shared: tuple, spec: dict[str, Any]) -> dict[str, Any]:
+    """One run in a worker process of :func:`fedistill.jobs.map_jobs` (one thread)."""
+    root, eval_cfg, seed, device = shared
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        for noisy in ("fedistill", "opacus"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    return run_one(spec, _mnist(root, True), _mnist(root, False), eval_cfg, seed, device)
 
 
 def run_parallel(specs, args, eval_cfg) -> list[dict[str, Any]]:
     """``run_one`` for every spec in ``args.jobs`` processes of one thread each, in order."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    from fedistill.jobs import map_jobs
 
     # longest first, so the last job does not run alone: DP-PSG, then KIP, then references
     rank = {"psg": 0, "kip": 1}
     order = sorted(range(len(specs)), key=lambda i: rank.get(specs[i]["family"], 2))
-    with ProcessPoolExecutor(
-        args.jobs,
-        mp_context=mp.get_context("spawn"),
-        initializer=_worker_init,
-        initargs=(args.data_root, 1),
-    ) as pool:
-        futures = {i: pool.submit(_worker_run, specs[i], eval_cfg, args.seed, args.device)
-                   for i in order}  # fmt: skip
-        return [futures[i].result() for i in range(len(specs))]
+    shared = (args.data_root, eval_cfg, args.seed, args.device)
+    done = map_jobs(_job, [specs[i] for i in order], shared, jobs=args.jobs)
+    by_index = dict(zip(order, done, strict=True))
+    return [by_index[i] for i in range(len(specs))]
 
 
 def step_cost(train, psg_overrides: dict[str, Any], repeats: int, seed: int) -> dict[str, Any]:

@@ -195,3 +195,22 @@ def test_independent_targets_add_trials_to_the_populations(digits_train):
         cell = out["populations"][attack]["all"]
         assert cell["n_in"] == 3 * 20 and cell["n_out"] == 3 * 20
     assert out["pooled"] == {} and out["populations_pooled"] == {}
+
+
+@pytest.mark.slow  # 42 s at load 12 (two spawned processes import torch); ~10 s quiet
+def test_shadow_pipelines_in_worker_processes_equal_those_trained_in_turn(digits_train):
+    """``jobs=2`` trains the pipelines in two single-threaded processes; each is bit for bit
+    the pipeline trained in this (single-threaded) process, whichever worker took it."""
+    from attacks.lira import score_models
+
+    pool = digits_train.subset(np.arange(60))
+    cfg = PipelineConfig(method="random", ipc=2, model="mlp", epochs=4, dsa=False)
+    keep = balanced_keep(3, len(pool), np.random.default_rng(0))
+    alone, runs = score_models(pool, cfg, keep, LiRAConfig(num_shadows=2), seed=3)
+    pooled, runs2 = score_models(pool, cfg, keep, LiRAConfig(num_shadows=2, jobs=2), seed=3)
+    assert np.array_equal(alone, pooled)
+    assert len(np.unique(alone[:, :, 0], axis=0)) == 3  # three distinct models, not one
+    assert runs2[0].model is not None and runs2[1].model is None  # the target kept, only it
+    assert [r.exposed.tolist() for r in runs] == [r.exposed.tolist() for r in runs2]
+    with pytest.raises(ConfigError, match="jobs must be ≥ 1"):
+        LiRAConfig(jobs=0).validate()
