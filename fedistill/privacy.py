@@ -541,8 +541,10 @@ def ledger_of(privacy: dict | None) -> PrivacyLedger | None:
 
 
 def privacy_summary(privacy: dict | None) -> str:
-    """One line for the CLI and results: the ε spent, δ, budget and steps, and whether it is a
-    guarantee — a set whose noise is replayable from its seed says so in capitals."""
+    """One line for the CLI and results: the ε spent, δ, budget and steps, how the N of the
+    sampling rate was obtained (a DP count, with its estimate, σ_N and ε share, or a declared
+    public size), and whether it is a guarantee — a set whose noise is replayable from its seed
+    says so in capitals."""
     if not privacy or privacy.get("epsilon") is None:
         return ""
     eps = privacy["epsilon"]
