@@ -42,11 +42,12 @@ from fedistill.augment import DSA, default_strategy
 from fedistill.data import DatasetInfo, LabeledImages
 from fedistill.distill import distill, get_method
 from fedistill.errors import ConfigError, PrivacyBudgetExceeded, SyntheticSetError
-from fedistill.evaluate import EvalConfig, accuracy, train_classifier
+from fedistill.evaluate import EvalConfig, accuracy
 from fedistill.models import build_model
 from fedistill.partition import partition
 from fedistill.privacy import PrivacyLedger, ledger_of, released_size
 from fedistill.synthetic import SyntheticSet
+from fedistill.trainer import auto_chunk, train_many
 
 log = logging.getLogger(__name__)
 
@@ -260,26 +261,50 @@ def train_global(
     """The server's step: pool the sets and train the global model on the pool.
 
     From ``init_model`` (a copy; multi-round FedDM) or a fresh ``cfg.model``, with the
-    evaluation protocol's SGD schedule and optional DSA augmentation.
-    """
+    evaluation protocol's SGD schedule and optional DSA augmentation."""
+    (model,) = train_global_models(
+        sets, info, cfg, seeds=[seed], device=device, init_model=init_model, progress=progress
+    )
+    return model
+
+
+def train_global_models(
+    sets: list[SyntheticSet],
+    info: DatasetInfo,
+    cfg: EvalConfig,
+    *,
+    seeds: list[int],
+    device: str | torch.device = "cpu",
+    init_model: nn.Module | None = None,
+    progress: bool = False,
+) -> list[nn.Module]:
+    """One model per seed on the pooled sets, trained at once by the multi-model trainer
+    (:func:`fedistill.trainer.train_many`: single-threaded workers, ``cfg.chunk`` and
+    ``cfg.precision`` honoured); model ``i`` is initialised under ``torch.manual_seed(seeds[i])``
+    (or copies ``init_model``) and draws its batches from its own generator of that seed."""
     pool = SyntheticSet.concat(sets)
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    if init_model is not None:
-        model = copy.deepcopy(init_model)
-    else:
-        model = build_model(cfg.model, info, **cfg.model_kwargs)
+    models, gens = [], []
+    for seed in seeds:  # built here, in order: initialisations draw from the global RNG
+        torch.manual_seed(seed)
+        gens.append(torch.Generator().manual_seed(seed))
+        if init_model is not None:
+            models.append(copy.deepcopy(init_model))
+        else:
+            models.append(build_model(cfg.model, info, **cfg.model_kwargs))
     augment = DSA(cfg.dsa_strategy or default_strategy(info)) if cfg.dsa else None
-    return train_classifier(
-        model,
+    return train_many(
+        models,
         pool.images,
         pool.labels,
         cfg,
+        gens,
         label_kind=pool.meta.get("label_kind", "hard"),
         augment=augment,
         device=device,
-        generator=gen,
+        workers=cfg.workers,
         progress=progress,
+        chunk=auto_chunk(models[0]) if cfg.chunk is None else (cfg.chunk or None),
+        precision=cfg.precision,
     )
 
 
@@ -423,12 +448,13 @@ def fresh_model_accuracies(
     seed: int,
     device: str | torch.device,
 ) -> list[float]:
-    """Accuracies of ``cfg.num_models - 1`` further fresh models on the pool (seeds seed+1..)."""
-    out = []
-    for m in range(1, cfg.num_models):
-        model = train_global(sets, info, cfg, seed=seed + m, device=device)
-        out.append(accuracy(model, test, device))
-    return out
+    """Accuracies of ``cfg.num_models - 1`` further fresh models on the pool (seeds seed+1..),
+    trained at once."""
+    if cfg.num_models < 2:
+        return []
+    seeds = [seed + m for m in range(1, cfg.num_models)]
+    models = train_global_models(sets, info, cfg, seeds=seeds, device=device)
+    return [accuracy(model, test, device) for model in models]
 
 
 # --------------------------------------------------------------------------- simulations

@@ -183,3 +183,20 @@ def test_more_eval_models_give_more_accuracies(digits_train, digits_test):
         digits_train, digits_test, num_clients=2, method="random", ipc=3, eval_cfg=cfg
     )
     assert len(res.accuracies) == 2 and res.accuracies[0] == res.accuracy
+
+
+def test_the_servers_models_train_at_once_each_as_it_would_alone(digits_train):
+    """eval-models > 1: the server trains its models together (fedistill.trainer.train_many);
+    each ends bit for bit as the same seed trained alone, and different seeds differ."""
+    from fedistill.distill import distill
+    from fedistill.federated import train_global, train_global_models
+
+    sets = [distill("random", digits_train, 2, seed=s) for s in (0, 1)]
+    cfg = EvalConfig(model="convnet", model_kwargs={"width": 8}, epochs=3, dsa=True)
+    together = train_global_models(sets, digits_train.info, cfg, seeds=[5, 6])
+    for seed, model in zip((5, 6), together, strict=True):
+        alone = train_global(sets, digits_train.info, cfg, seed=seed)
+        for a, b in zip(alone.state_dict().values(), model.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+    first = together[0].state_dict()
+    assert any(not torch.equal(first[k], v) for k, v in together[1].state_dict().items())
