@@ -52,8 +52,8 @@ def test_canary_mechanism_is_the_one_psg_runs(digits_train):
     cfg = {"epsilon": 3.0, "width": 16, "iterations": 2, "outer_loop": 2, "batch_loop": 2}
     cfg |= {"inner_loop": 1, "batch_real": 24, "rounds": 2}
     syn = distill("psg", digits_train, 1, seed=0, **cfg)
-    mech = CanaryMechanism.from_psg(PSGConfig(**cfg), len(digits_train))
-    priv = syn.privacy
+    priv = syn.privacy  # q = batch_real / N̂, N̂ the run's DP count of the examples
+    mech = CanaryMechanism.from_psg(PSGConfig(**cfg), priv["size"]["estimate"])
     assert mech.noise_multiplier == priv["noise_multiplier"]
     assert mech.sample_rate == priv["sample_rate"] and mech.steps == priv["planned_steps"]
     assert mech.clip == priv["clip"] and mech.claimed_epsilon == priv["budget"]

@@ -59,10 +59,13 @@ def test_client_ledger_composes_over_rounds_and_refuses_past_its_plan(digits_tra
         priv = valid.syn.privacy
         assert priv["planned_steps"] == 2 * 2 * 2 and priv["steps"] == rnd * 2 * 2
         assert priv["noise"] == "secure" and reply.content["metrics"]["noise-secure"] == 1
-        acc = RDPAccountant()  # a fresh accountant over the client's whole history
+        acc = RDPAccountant()  # a fresh accountant over the client's whole step history
         for _ in range(priv["steps"]):
             acc.step(noise_multiplier=priv["noise_multiplier"], sample_rate=priv["sample_rate"])
-        assert valid.metrics["epsilon"] == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-9)
+        size = priv["size"]  # + the DP count of N, drawn in round 1 only (basic composition)
+        want = size["epsilon"] + acc.get_epsilon(delta=1e-5 - size["delta"])
+        assert valid.metrics["epsilon"] == pytest.approx(want, rel=1e-9)
+        assert reply.content["metrics"]["num-examples"] == valid.syn.meta["size_estimate"]
         eps.append(valid.metrics["epsilon"])
         state = json.loads(ctx.state[LEDGER_KEY]["json"])
         assert state["history"][0][2] == priv["steps"]
