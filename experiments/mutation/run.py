@@ -123,13 +123,25 @@ def annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]
     return spans
 
 
+def operator_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where the binary operators are: cosmic-ray also "replaces" the keyword-only marker
+    ``*`` of a signature by ``/`` (positional-only), which is no arithmetic and only changes
+    how arguments may be passed; binary-operator mutants outside these spans are skipped."""
+    return [
+        ((n.lineno, n.col_offset), (n.end_lineno, n.end_col_offset))
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.BinOp | ast.AugAssign)
+    ]
+
+
 def apply_filter(session: Path, source: str, functions: list[str]) -> dict[str, int]:
-    """Mark as skipped every mutant outside the policy above or outside ``functions``."""
+    """Mark as skipped every pending mutant outside the policy above or outside ``functions``."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
     spans = annotation_spans(source)
-    why_counts = {"operator": 0, "annotation": 0, "function": 0}
+    ops = operator_spans(source)
+    why_counts = {"operator": 0, "annotation": 0, "signature": 0, "function": 0}
     with use_db(str(session), WorkDB.Mode.open) as db:
         for item in list(db.pending_work_items):
             (m,) = item.mutations
@@ -139,6 +151,8 @@ def apply_filter(session: Path, source: str, functions: list[str]) -> dict[str, 
                 why = "operator"
             elif any(a <= where < b for a, b in spans):
                 why = "annotation"
+            elif "BinaryOperator" in m.operator_name and not any(a <= where < b for a, b in ops):
+                why = "signature"
             elif functions and (m.definition_name or "<module>") not in functions:
                 why = "function"
             if why:
@@ -156,7 +170,9 @@ def pytest_args(command: str, root: Path) -> list[str]:
     words = shlex.split(command)
     if words[:3] != ["python", "-m", "pytest"]:
         raise SystemExit(f"test-command must start with 'python -m pytest': {command}")
-    return [w for w in words[3:] if not w.startswith("tests/") or (root / w).exists()]
+    return [
+        w for w in words[3:] if not w.startswith("tests/") or (root / w.split("::")[0]).exists()
+    ]
 
 
 def load_config(name: str) -> dict:
@@ -226,6 +242,11 @@ def write_report(name: str, cfg: dict, session: Path, meta: dict) -> dict:
         f"machine: {meta['machine']}; load before {meta['load_before']}, after "
         f"{meta.get('load_after', '?')}; {meta.get('seconds', 0):.0f} s for {run} mutants "
         f"(baseline test run {meta['baseline_seconds']:.1f} s)",
+        *(
+            [f"first run: {meta['first_run']}; this one re-ran its survivors only"]
+            if "first_run" in meta
+            else []
+        ),
         "",
         f"generated {len(rows)}; filtered out {counts.get('skipped', 0)} "
         f"({meta.get('filtered', {})})",
@@ -272,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("modules", nargs="*", help=f"some of {', '.join(MODULES)} (default: all)")
     p.add_argument("--clone", default="/tmp/fedistill-mutation", help="scratch clone (replaced)")
+    p.add_argument("--sessions", help="where the sessions live (default: beside the clone)")
     p.add_argument("--recheck", action="store_true", help="re-run the last survivors only")
     args = p.parse_args(argv)
     names = args.modules or list(MODULES)
@@ -279,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown module(s) {sorted(set(names) - set(MODULES))}; choose from {MODULES}")
 
     clone = Path(args.clone)
-    workdir = clone.parent / (clone.name + "-sessions")
+    workdir = Path(args.sessions or clone.parent / (clone.name + "-sessions"))
     workdir.mkdir(parents=True, exist_ok=True)
     if clone.exists():
         shutil.rmtree(clone)
@@ -293,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = dict(os.environ, PYTHONPATH=str(clone), OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    sock = workdir / "forkserver.sock"
+    sock = workdir / f"{clone.name}.sock"
     prime = ["fedistill.federated", "fedistill.distill.psg", "server.validate", "attacks.metrics"]
     prime.append("clients.client_app")
     server = subprocess.Popen(
@@ -302,7 +324,6 @@ def main(argv: list[str] | None = None) -> int:
         env=env,
     )
     summary_path = RESULTS / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     try:
         while not sock.exists():
             if server.poll() is not None:
@@ -310,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
         client = f"{sys.executable} {HERE / 'forkserver.py'} run {sock}"
         for name in names:
-            summary[name] = run_module(name, clone, workdir, client, env, commit, args.recheck)
+            result = run_module(name, clone, workdir, client, env, commit, args.recheck)
+            # re-read: another run (other modules, another clone) may have written meanwhile
+            summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+            summary[name] = result
             summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     finally:
         subprocess.run([sys.executable, str(HERE / "forkserver.py"), "stop", str(sock)], env=env)
@@ -356,7 +380,11 @@ def run_module(
         )
         con.commit()
         con.close()
-        meta["filtered"] = old.get("filtered", {})
+        meta["first_run"] = {
+            k: old.get(k) for k in ("seconds", "load_before", "load_after", "commit")
+        }
+        again = apply_filter(session, source, cfg.get("fedistill", {}).get("functions", []))
+        meta["filtered"] = {k: old.get("filtered", {}).get(k, 0) + again.get(k, 0) for k in again}
     else:
         session.unlink(missing_ok=True)
         subprocess.run(["cosmic-ray", "init", str(config), str(session)], cwd=clone, env=env,
@@ -369,6 +397,7 @@ def run_module(
                    check=True)  # fmt: skip
     meta["seconds"] = time.time() - t0
     meta["load_after"] = load()
+    side.write_text(json.dumps(meta))
     if module.read_text() != source:
         raise SystemExit(f"{name}: cosmic-ray left {module} mutated")
     return write_report(name, cfg, session, meta)
