@@ -277,7 +277,8 @@ class AttackCells:
         if row.method == REAL:
             out = run_real_backdoor(self.train, self.test, device=self.device, **common)
             kind = "naive (poisoned real training)"
-        elif spec.kind == "naive":
+        elif spec.kind == "naive" or row.method not in DOORPING_LOOPS:
+            # NAIVE; also where kind = "doorping" but the row's method has no DOORPING loop
             out = run_backdoor(
                 self.train,
                 self.test,
@@ -291,12 +292,7 @@ class AttackCells:
             )
             kind = "naive"
         else:
-            if row.method != "dm":
-                raise Skip(
-                    "not applicable: DOORPING optimises its trigger in its own DM loop "
-                    "(measured on the dm rows)"
-                )
-            dcfg = _doorping_config(pcfg.method_options, spec.doorping, pcfg.eval_config())
+            dcfg = doorping_config_for(row.method, pcfg.method_options, spec.doorping)
             out = run_backdoor(
                 self.train,
                 self.test,
@@ -308,7 +304,7 @@ class AttackCells:
                 device=self.device,
                 **common,
             )
-            kind = "doorping"
+            kind = f"doorping ({dcfg.loop})"
         figures = ("asr", "clean_target_rate", "clean_accuracy")
         summary: dict[str, Any] = {"kind": kind, "num_models": out["attacked"].get("num_models")}
         for key in figures:
@@ -319,6 +315,8 @@ class AttackCells:
                 summary[f"{other}_asr"] = out[other]["asr"]
                 summary[f"{other}_asr_std"] = out[other].get("asr_std")
         summary["poisoned"] = out.get("poisoned")
+        if "trigger_updates" in out:
+            summary["trigger_updates"] = out["trigger_updates"]
         budget = {
             "kind": kind,
             "p": spec.p,
@@ -329,6 +327,7 @@ class AttackCells:
             "ipc": None if row.method == REAL else pcfg.ipc,
             "method_options": pcfg.method_options,
             "trigger": out.get("trigger"),
+            "doorping": out.get("doorping_config"),
             "eval": asdict(ecfg),
         }
         return Cell("ok", summary=summary, budget=budget, result=out)
@@ -400,10 +399,7 @@ class AttackCells:
 
     def poisoning_defended(self, name: str) -> Cell:
         if name == FEDAVG:
-            raise Skip(
-                "not applicable: the robust filter scores synthetic sets; FedAvg clients "
-                "send model updates"
-            )
+            return self._fedavg_defended()
         from attacks.poisoning import run_poisoning
 
         row, pcfg = self._pipeline(name)
@@ -460,6 +456,57 @@ class AttackCells:
             **{k: v for k, v in common.items() if k not in ("device", "num_clients")},
         }
         return Cell("ok", summary=summary, budget=budget, result=res.to_dict())
+
+    def _fedavg_defended(self) -> Cell:
+        """FedAvg with Flower's robust aggregators (the library's twins of FedMedian,
+        FedTrimmedAvg, MultiKrum) beside plain FedAvg, against label flip, a scaled update and
+        an inflated example count by the same ``m`` of ``n`` clients: the defence of model
+        updates, cell by cell beside the robust filter's defence of synthetic sets."""
+        from attacks.fedavg_poisoning import FEDAVG_ATTACKS, run_fedavg_poisoning
+        from fedistill.robust import AGGREGATORS
+
+        p = self.cfg.poisoning
+        common = {
+            k: v for k, v in self._fedavg_common().items() if k not in ("num_clients", "seed")
+        }
+        out = run_fedavg_poisoning(
+            self.train,
+            self.test,
+            attacks=FEDAVG_ATTACKS,
+            aggregators=AGGREGATORS,
+            m=p.m,
+            n=p.n,
+            scale=p.scale,
+            seed=self.cfg.seed,
+            **common,
+        )
+        drops = {
+            attack: {
+                r["aggregator"]: r["accuracy_drop"] for r in out["rows"] if r["attack"] == attack
+            }
+            for attack in FEDAVG_ATTACKS
+        }
+        robust = [a for a in AGGREGATORS if a != "fedavg"]
+        headline = p.attack if p.attack in drops else "label_flip"
+        summary = {
+            "attack": headline,
+            "clean_accuracy": out["clean"],
+            "accuracy_drop": max(drops[headline][a] for a in robust),  # the weakest rule's
+            "accuracy_drops": drops,
+            "aggregators": list(AGGREGATORS),
+            "false_rejection_rate": None,
+        }
+        budget = self._poisoning_budget({}, None) | {
+            "federation": "FedAvg",
+            "defence": "robust aggregation: " + ", ".join(robust),
+            "attacks": list(FEDAVG_ATTACKS),
+            "scale": p.scale,
+            "inflated": out["inflated"],
+            "weighting": out["weighting"],
+            "trim_beta": out["trim_beta"],
+            **{k: v for k, v in common.items() if k != "device"},
+        }
+        return Cell("ok", summary=summary, budget=budget, result=out)
 
     # ------------------------------------------------------------------ DP audit
 
@@ -527,20 +574,30 @@ class AttackCells:
         return Cell("ok", summary=summary, budget=budget, result=out)
 
 
-def _doorping_config(options: dict[str, Any], overrides: dict[str, Any], ecfg) -> Any:
-    """DOORPING's DM loop set up like the dm row (init, lr, batch, embedding network)."""
+# the registry methods whose loop DOORPING runs, and that loop
+DOORPING_LOOPS = {"dm": "dm", "dc": "dc", "dsa": "dc"}
+
+
+def doorping_config_for(method: str, options: dict[str, Any], overrides: dict[str, Any]) -> Any:
+    """DOORPING's loop set up like the row's DM or DC/DSA run (init, learning rates, batches,
+    schedule, augmentation, network); ``overrides`` (``[attacks.backdoor] doorping``) last."""
     from attacks.doorping import DoorpingConfig
 
-    base: dict[str, Any] = {}
-    for k in ("init", "lr_img", "batch_real", "dsa", "dsa_strategy"):
+    loop = DOORPING_LOOPS[method]
+    base: dict[str, Any] = {"loop": loop}
+    shared = ("init", "lr_img", "batch_real", "dsa", "dsa_strategy", "model")
+    dc_only = ("outer_loop", "inner_loop", "lr_net", "batch_train")
+    for k in shared + (dc_only if loop == "dc" else ()):
         if k in options:
             base[k] = options[k]
+    if method == "dsa" and "dsa" not in options:
+        base["dsa"] = True
     kw = {k: options[k] for k in ("width", "depth", "norm") if k in options}
     if kw:
         base["model_kwargs"] = kw
-    if "model" in options:
-        base["model"] = options["model"]
-    if "iterations" in options and "dm_iterations" not in overrides:
-        epochs = int(overrides.get("epochs", DoorpingConfig.epochs))
-        base["dm_iterations"] = max(1, math.ceil(options["iterations"] / epochs))
+    if "iterations" in options:
+        if loop == "dm" and "dm_iterations" not in overrides:
+            base["epochs"], base["dm_iterations"] = 1, options["iterations"]
+        elif loop == "dc" and "epochs" not in overrides:
+            base["epochs"] = options["iterations"]
     return make_config(DoorpingConfig, {**base, **overrides}, "attacks.backdoor.doorping")

@@ -101,7 +101,9 @@ class MIASpec:
 
 @dataclass
 class BackdoorSpec:
-    kind: str = "naive"  # "naive" on every row, or "doorping" (the dm rows)
+    # "naive" on every row, or "doorping": DOORPING (with its random-trigger and NAIVE
+    # controls from the same loop) on the dm / dc / dsa rows, NAIVE on the others
+    kind: str = "naive"
     p: float = 0.1
     target: int = 0
     baseline: bool = True  # also the ASR of the clean pipeline with the same trigger

@@ -112,7 +112,7 @@ def _bars(
 
 
 def plot_backdoor(report: dict[str, Any], path: Path) -> Path | None:
-    rows, asr, clean, base = [], [], [], []
+    rows, asr, clean, base, rand, naive = [], [], [], [], [], []
     for name in report["cells"]:
         s = cell_summary(report, name, "backdoor")
         if s is None:
@@ -121,11 +121,16 @@ def plot_backdoor(report: dict[str, Any], path: Path) -> Path | None:
         asr.append(s["asr"])
         clean.append(s["clean_accuracy"])
         base.append(s.get("baseline_asr"))
+        rand.append(s.get("random_trigger_asr"))
+        naive.append(s.get("naive_asr"))
     if not rows:
         return None
     series = {"ASR": asr, "clean accuracy": clean}
     if any(b is not None for b in base):
         series["ASR of the clean pipeline"] = base
+    if any(r is not None for r in rand):  # DOORPING rows: its controls from the same loop
+        series["DOORPING's random-trigger control"] = rand
+        series["NAIVE in DOORPING's loop"] = naive
     bd = report["config"]["backdoor"]
     return _bars(
         rows,
@@ -152,7 +157,7 @@ def plot_poisoning(report: dict[str, Any], path: Path) -> Path | None:
     po = report["config"]["poisoning"]
     series = {"no defence": plain}
     if po.get("defended"):
-        series["robust filter"] = defended
+        series["robust filter (FedAvg: worst robust aggregator)"] = defended
     return _bars(
         rows,
         series,

@@ -224,7 +224,14 @@ def test_a_tiny_matrix_writes_the_report(tmp_path, capsys):
     assert math.isfinite(po["accuracy_drop"]) and math.isfinite(pd["accuracy_drop"])
     assert 0.0 <= pd["false_rejection_rate"] <= 1.0
     assert math.isfinite(cells["fedavg"]["poisoning"]["summary"]["accuracy_drop"])
-    assert cells["fedavg"]["poisoning_defended"]["status"] == "skipped"
+    # FedAvg's defended cell: its robust aggregators against its three attacks
+    fd = cells["fedavg"]["poisoning_defended"]
+    assert fd["status"] == "ok", fd.get("reason")
+    drops = fd["summary"]["accuracy_drops"]
+    assert set(drops) == {"label_flip", "scaled_update", "inflated_count"}
+    for att in drops.values():
+        assert set(att) == {"fedavg", "median", "trimmed-mean", "multikrum"}
+        assert all(math.isfinite(v) for v in att.values())
     dp = cells["real"]["dp_audit"]["summary"]
     # `real` claims nothing (ε = ∞): 4 runs cannot show that, so the cell must not look like
     # evidence of privacy
@@ -238,6 +245,8 @@ def test_a_tiny_matrix_writes_the_report(tmp_path, capsys):
     assert "- `random`: anyone holding the set finds the" in md
     for name in ("real", "random", "dm", "fedavg"):
         assert f"| `{name}` |" in md
+    assert "#### Poisoning defences: FedDM + robust filter beside FedAvg" in md
+    assert "| FedAvg | scaled update |" in md and "| FedDM `random` | label_flip |" in md
     assert "## Budgets" in md and "K = 2 shadow pipelines" in md
     assert "fedistill audit --config" in md  # the command that produced it
     for plot in (
