@@ -12,7 +12,9 @@ One round of :meth:`FedDMServer.aggregate` (FedDM, Xiong et al. CVPR 2023, Algor
 server's lines)::
 
     for each uploaded S_k:  check S_k (dataset, shape, classes, caps, plausible range,
-                            privacy facts)                        -> dropped "invalid set: …"
+                            privacy facts; a factorised S_k: its decoded images finite and
+                            in range too)                         -> dropped "invalid set: …"
+                            S_k ← decode(S_k)  (fedistill.factorised; a plain set is itself)
     robust:                 filter the sets (fedistill.robust)    -> dropped "filtered: …"
     sanitise:               drop outvoted images from kept sets   -> counts in ``sanitised``
     if any set is left:     w_{t+1} = train(w_t, ∪ S_k)           (the evaluation protocol)
@@ -35,7 +37,13 @@ from torch import nn
 from fedistill.data import DatasetInfo, LabeledImages
 from fedistill.errors import ConfigError, SyntheticSetError
 from fedistill.evaluate import EvalConfig, accuracy
-from fedistill.federated import check_client_set, fresh_model_accuracies, train_global
+from fedistill.factorised import check_decoded, decode
+from fedistill.federated import (
+    check_client_set,
+    fresh_model_accuracies,
+    plausible_range,
+    train_global,
+)
 from fedistill.synthetic import SyntheticSet
 
 log = logging.getLogger(__name__)
@@ -113,6 +121,7 @@ class FedDMServer:
         for cid in sorted(sets):
             try:
                 check_client_set(sets[cid], self.info, max_ipc=c.max_ipc, max_bytes=c.max_bytes)
+                check_decoded(sets[cid], *plausible_range(self.info))  # factorised: decoded too
             except SyntheticSetError as exc:
                 dropped[cid] = f"invalid set: {exc}"
                 continue
@@ -123,7 +132,8 @@ class FedDMServer:
         """One round: check, filter, sanitise, pool, train, evaluate (see the module)."""
         c = self.config
         ok, dropped = self.check(sets)
-        self.checked = dict(ok)
+        self.checked = dict(ok)  # as uploaded (a factorised set: what travelled)
+        ok = {k: decode(s) for k, s in ok.items()}  # filtered, sanitised and pooled decoded
         kept = sorted(ok)
         sanitised = None
         if self.set_filter is not None and ok:

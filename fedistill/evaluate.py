@@ -28,6 +28,7 @@ from fedistill.augment import DSA, default_strategy
 from fedistill.config import TrainProtocol
 from fedistill.data import DatasetInfo, LabeledImages, dataset_info
 from fedistill.errors import ConfigError
+from fedistill.factorised import decode
 from fedistill.models import build_model
 from fedistill.synthetic import SyntheticSet
 from fedistill.trainer import PRECISIONS, auto_chunk, loss_for, map_models, train_classifier
@@ -178,7 +179,9 @@ def evaluate_set(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> EvalResult:
-    """The protocol on a synthetic set; its dataset must match the test split's."""
+    """The protocol on a synthetic set; its dataset must match the test split's. A factorised
+    set trains on the images it decodes to (:func:`fedistill.factorised.decode`)."""
+    syn = decode(syn)
     if syn.meta["dataset"] != test.info.name:
         raise ConfigError(
             f"set was distilled from '{syn.meta['dataset']}' but the test split is "
