@@ -10,7 +10,16 @@ round (ours, reference, ours, reference, …, after a warm-up of each):
 * ``reference-official``: :class:`experiments.dm_reference.ReferenceDM` with the official
   network (first convolution padded by 3, so 32×32 maps for MNIST);
 * ``reference-same-arch``: the same reference loop on fedistill's ConvNet (28×28 maps), which
-  isolates the implementation from the architecture.
+  isolates the implementation from the architecture;
+* ``ours-bf16`` (``--bf16``): our loop with ``precision="bf16"`` (the real branch's deeper
+  convolutions in bfloat16).
+
+``--cli N1,N2`` also times ``fedistill distill --method dm`` as whole processes at two iteration
+counts, interleaved (fp32, and bf16 with ``--bf16``), and reports the end-to-end seconds per
+iteration ``(T(N2) − T(N1)) / (N2 − N1)``, so start-up and loading cancel, against the
+reference's in-process figure. ``--accuracy ITERATIONS`` distils the same seed in fp32 and bf16
+and evaluates both sets on the held-out test split (``--eval-epochs``, ``--eval-models``), to
+state what bf16 costs in accuracy.
 
 It reports the median (and minimum) wall seconds per iteration of each, the process CPU seconds
 per iteration (less sensitive to a busy machine), the ratios ours / reference, peak RSS
@@ -25,6 +34,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,11 +63,15 @@ from fedistill.distill.dm import DMLoop
 REFERENCES = ("official", "same-arch")
 
 
-def _ours(real, ipc: int, batch_real: int, fast: bool, seed: int) -> Callable[[], float]:
+def _ours(
+    real, ipc: int, batch_real: int, fast: bool, seed: int, precision: str = "fp32"
+) -> Callable[[], float]:
     """One iteration of distill_dm's loop per call. The loop starts the next iteration's real
     branch before updating the images; each call waits for it, so every timed call holds one
     real branch and one synthetic branch and no work spills into the reference's turn."""
-    config = get_method("dm").make_config(batch_real=batch_real, fast_embed=fast)
+    config = get_method("dm").make_config(
+        batch_real=batch_real, fast_embed=fast, precision=precision
+    )
     gen = seeded(seed)
     images, _ = init_images(real, ipc, config.init, gen)
     syn = images.requires_grad_(True)
@@ -75,6 +91,74 @@ def _ours(real, ipc: int, batch_real: int, fast: bool, seed: int) -> Callable[[]
         return loss
 
     return step
+
+
+def _cli_seconds(args, iterations: int, precision: str, out_dir: Path) -> float:
+    """Wall seconds of one ``fedistill distill --method dm`` process."""
+    cmd = [sys.executable, "-m", "fedistill", "distill", "--method", "dm", "--quiet"]
+    cmd += ["--dataset", "mnist", "--data-root", str(args.data_root), "--ipc", str(args.ipc)]
+    cmd += ["--iterations", str(iterations), "--batch-real", str(args.batch_real)]
+    cmd += ["--seed", str(args.seed), "--option", f"precision={precision}"]
+    cmd += ["--out", str(out_dir / f"dm-{precision}-{iterations}.safetensors")]
+    env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def cli_end_to_end(args, precisions: list[str]) -> dict:
+    """End-to-end CLI seconds per iteration from two iteration counts, runs interleaved."""
+    n1, n2 = args.cli
+    runs: dict[str, dict[int, list[float]]] = {p: {n1: [], n2: []} for p in precisions}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.cli_repeats):
+            for n in (n1, n2):
+                for prec in precisions:
+                    runs[prec][n].append(_cli_seconds(args, n, prec, Path(tmp)))
+            print(
+                f"cli round {r + 1}/{args.cli_repeats}: "
+                + "  ".join(f"{p}: {runs[p][n1][-1]:.1f}s / {runs[p][n2][-1]:.1f}s" for p in runs),
+                flush=True,
+            )
+    out = {}
+    for prec, by_n in runs.items():
+        t1, t2 = statistics.median(by_n[n1]), statistics.median(by_n[n2])
+        out[prec] = {
+            "iterations": [n1, n2],
+            "median_wall_s": [t1, t2],
+            "wall_s": {str(n): v for n, v in by_n.items()},
+            "s_per_iteration": (t2 - t1) / (n2 - n1),
+        }
+    return out
+
+
+def accuracy_effect(real, args) -> dict:
+    """The same seed distilled in fp32 and in bf16, both evaluated on the held-out split."""
+    from fedistill.distill import distill
+    from fedistill.evaluate import EvalConfig, evaluate_set
+
+    test = load_dataset("mnist", args.data_root, train=False)
+    cfg = EvalConfig(epochs=args.eval_epochs, num_models=args.eval_models)
+    out = {"distill_iterations": args.accuracy, "eval": {"epochs": cfg.epochs}, "test_images": 0}
+    out["eval"]["models"] = cfg.num_models
+    out["test_images"] = len(test)
+    for prec in ("fp32", "bf16"):
+        t0 = time.perf_counter()
+        syn = distill(
+            "dm",
+            real,
+            args.ipc,
+            seed=args.seed,
+            iterations=args.accuracy,
+            batch_real=args.batch_real,
+            precision=prec,
+        )
+        seconds = time.perf_counter() - t0
+        res = evaluate_set(syn, test, cfg, seed=args.seed)
+        out[prec] = {"accuracies": res.accuracies, "mean": res.mean, "distill_seconds": seconds}
+        print(f"accuracy {prec}: {res.mean:.4f} {res.accuracies} ({seconds:.0f} s)", flush=True)
+    out["bf16_minus_fp32"] = out["bf16"]["mean"] - out["fp32"]["mean"]
+    return out
 
 
 def _summary(wall: list[float], cpu: list[float]) -> dict:
@@ -101,6 +185,24 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated subset of {', '.join(REFERENCES)}",
     )
     p.add_argument("--no-fast-embed", action="store_true", help="ours with the plain embed")
+    p.add_argument("--bf16", action="store_true", help="also ours with precision=bf16")
+    p.add_argument(
+        "--cli",
+        type=lambda t: tuple(int(x) for x in t.split(",")),
+        default=None,
+        metavar="N1,N2",
+        help="also time the CLI end to end at these two iteration counts",
+    )
+    p.add_argument("--cli-repeats", type=int, default=2, help="CLI runs per count")
+    p.add_argument(
+        "--accuracy",
+        type=int,
+        default=0,
+        metavar="ITERATIONS",
+        help="also distil fp32 and bf16 sets this long and evaluate both (0: skip)",
+    )
+    p.add_argument("--eval-epochs", type=int, default=300)
+    p.add_argument("--eval-models", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke test: 2 iterations, batch 32")
     p.add_argument("--out", type=Path, default=RESULTS / "bench_dm_speed.json")
@@ -111,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--references takes {', '.join(REFERENCES)}")
     if args.quick:
         args.iterations, args.warmup, args.batch_real = 2, 1, 32
+    if args.cli is not None and (len(args.cli) != 2 or not 0 < args.cli[0] < args.cli[1]):
+        p.error("--cli takes two increasing iteration counts, e.g. 3,8")
 
     require_mnist(args.data_root)
     torch.set_num_threads(args.threads)
@@ -122,8 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     runners: dict[str, Callable[[], float]] = {
         "ours": _ours(real, args.ipc, args.batch_real, not args.no_fast_embed, args.seed)
     }
+    if args.bf16:
+        runners["ours-bf16"] = _ours(
+            real, args.ipc, args.batch_real, not args.no_fast_embed, args.seed, "bf16"
+        )
     for _ in range(args.warmup):
         runners["ours"]()
+        if args.bf16:
+            runners["ours-bf16"]()
     rss_ours = peak_rss_mib()
     for r in refs:
         ref = ReferenceDM(
@@ -163,8 +273,29 @@ def main(argv: list[str] | None = None) -> int:
             "median_cpu": ours["median_cpu_s_per_iteration"] / v["median_cpu_s_per_iteration"],
         }
         for k, v in results.items()
-        if k != "ours"
+        if k.startswith("reference")
     }
+    if args.bf16:
+        ratios |= {
+            f"bf16:{k}": {
+                "median_wall": results["ours-bf16"]["median_s_per_iteration"]
+                / v["median_s_per_iteration"],
+                "median_cpu": results["ours-bf16"]["median_cpu_s_per_iteration"]
+                / v["median_cpu_s_per_iteration"],
+            }
+            for k, v in results.items()
+            if k.startswith("reference")
+        }
+    cli = None
+    if args.cli is not None:
+        cli = cli_end_to_end(args, ["fp32", "bf16"] if args.bf16 else ["fp32"])
+        for v in cli.values():
+            v["ratio_over_reference"] = {
+                k: v["s_per_iteration"] / r["median_s_per_iteration"]
+                for k, r in results.items()
+                if k.startswith("reference")
+            }
+    accuracy = accuracy_effect(real, args) if args.accuracy else None
     out = {
         "benchmark": "dm seconds per iteration, ours vs the official implementation's structure",
         "command": command,
@@ -182,11 +313,14 @@ def main(argv: list[str] | None = None) -> int:
             "iterations": args.iterations,
             "interleaved": True,
             "fast_embed": not args.no_fast_embed,
+            "bf16": args.bf16,
             "quick": args.quick,
         },
         "machine": machine(),
         "results": results,
         "ratio_ours_over_reference": ratios,
+        "cli_end_to_end": cli,
+        "bf16_accuracy_effect": accuracy,
         "peak_rss_mib": {
             "after_loading_data": rss_data,
             "after_ours_warmup": rss_ours,
@@ -203,9 +337,10 @@ def main(argv: list[str] | None = None) -> int:
             f"(min {v['min_s_per_iteration']:.3f}, cpu {v['median_cpu_s_per_iteration']:.3f})"
         )
     for k, v in ratios.items():
+        print(f"ours / {k}: {v['median_wall']:.3f} (median wall), {v['median_cpu']:.3f} (cpu)")
+    for prec, v in (cli or {}).items():
         print(
-            f"ours / {k}: {v['median_wall']:.3f} (median wall), {v['min_wall']:.3f} (min), "
-            f"{v['median_cpu']:.3f} (cpu)"
+            f"cli {prec}: {v['s_per_iteration']:.3f} s/it; / reference: {v['ratio_over_reference']}"
         )
     print(f"peak RSS: {out['peak_rss_mib']}  load: {out['load_average']}")
     print(f"wrote {args.out}")

@@ -37,6 +37,9 @@ worker threads of one intra-op thread each, while the calling thread (also on on
 thread during the loop) computes the synthetic branch with the plain, differentiable
 ``ψ.embed``: no OpenMP barriers, which a shared machine makes slow, and a result that does not
 depend on the thread count. ``fast_embed=False`` embeds the real batch with ``ψ.embed`` too.
+``precision="bf16"`` (opt-in) runs the real branch's deeper convolutions in bfloat16 on CPUs
+with bf16 matrix units; the synthetic branch and its gradients stay float32
+(``experiments/bench_dm_speed.py`` states the speed and the effect on the set's accuracy).
 
 **A given model** (``model=``; the current global model of multi-round FedDM, Xiong et al.
 CVPR 2023): ψ is a frozen copy of that model in eval mode instead of a fresh ConvNet; with
@@ -66,7 +69,12 @@ from fedistill.distill._common import (
     sample_per_class,
     seeded,
 )
-from fedistill.distill._fast_convnet import DEFAULT_CHUNK, single_threaded, start_frozen_embed
+from fedistill.distill._fast_convnet import (
+    DEFAULT_CHUNK,
+    PRECISIONS,
+    single_threaded,
+    start_frozen_embed,
+)
 from fedistill.errors import ConfigError
 from fedistill.models import MODELS, NORMS, build_model
 from fedistill.progress import progress_bar
@@ -91,6 +99,8 @@ class DMConfig:
     norm: str = "instance"
     model_perturbation: float = 0.0  # std of the noise on a given model's parameters
     fast_embed: bool = True  # the fast no-grad forward for the real branch (same numbers)
+    # "bf16": the real branch's deeper convolutions in bfloat16 (opt-in; not equal to fp32)
+    precision: str = "fp32"
 
     def validate(self) -> None:
         if self.iterations < 0:
@@ -109,6 +119,10 @@ class DMConfig:
             raise ConfigError(f"width and depth must be ≥ 1, got {self.width} and {self.depth}")
         if not self.model_perturbation >= 0:
             raise ConfigError(f"model_perturbation must be ≥ 0, got {self.model_perturbation}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got '{self.precision}'")
+        if self.precision != "fp32" and not self.fast_embed:
+            raise ConfigError("precision='bf16' is a mode of the fast real branch (fast_embed)")
         if self.dsa_strategy is not None:
             try:
                 parse_strategy(self.dsa_strategy)
@@ -168,16 +182,19 @@ def real_target(
     seed: int = 0,
     fast: bool = True,
     workers: int = 1,
+    precision: str = "fp32",
 ) -> RealTarget:
     """Start the real branch: mean ψ(A_ω_c(B_c)) per class for ``x_real`` grouped by class.
 
     ``fast`` embeds with :func:`start_frozen_embed` (on ``workers`` threads, returning at
-    once), else with ``ψ.embed``."""
+    once; ``precision="bf16"``: its deeper convolutions in bfloat16), else with ``ψ.embed``."""
     if augment is not None:
         groups = torch.arange(num_classes).repeat_interleave(len(x_real) // num_classes)
         x_real = augment(x_real, seed=seed, groups=groups)
     if fast:
-        pending = start_frozen_embed(net, x_real, DEFAULT_CHUNK, workers=workers)
+        pending = start_frozen_embed(
+            net, x_real, DEFAULT_CHUNK, workers=workers, precision=precision
+        )
         return RealTarget(net, seed, lambda: class_means(pending(), num_classes))
     with torch.no_grad():
         means = class_means(net.embed(x_real), num_classes)
@@ -289,6 +306,7 @@ class DMLoop:
             seed=draw,
             fast=cfg.fast_embed,
             workers=self.workers,
+            precision=cfg.precision,
         )
 
     def step(self) -> float:
