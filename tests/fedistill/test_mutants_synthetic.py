@@ -174,3 +174,34 @@ def test_a_file_over_the_size_cap_is_refused_before_it_is_read(tmp_path, monkeyp
     monkeypatch.setattr(Path, "read_bytes", never)
     with pytest.raises(SyntheticSetError, match=f"over the {MAX_FILE_BYTES} byte cap"):
         SyntheticSet.load(path)
+
+
+class _Read(Exception):
+    pass
+
+
+def test_a_file_of_exactly_the_size_cap_is_read(tmp_path, monkeypatch):
+    path = tmp_path / "at-cap.st"
+    with open(path, "wb") as f:
+        f.truncate(MAX_FILE_BYTES)
+
+    def read(self):
+        raise _Read  # reading is what a file within the cap gets; its content is not the point
+
+    monkeypatch.setattr(Path, "read_bytes", read)
+    with pytest.raises(_Read):
+        SyntheticSet.load(path)
+
+
+@pytest.mark.parametrize("which", ["x", "y"])
+def test_arrays_that_are_not_numpy_arrays_are_refused(which):
+    x, y = np.zeros((2, 1, 4, 4), dtype=np.float32), np.array([0, 1])
+    args = {"x": x, "y": y} | {which: [[0.0]] if which == "x" else [0, 1]}
+    with pytest.raises(SyntheticSetError, match="images and labels must be arrays"):
+        SyntheticSet.from_arrays(args["x"], args["y"], dict(META))
+
+
+def test_files_shorter_than_the_length_field_and_a_bare_length_field_are_told_apart():
+    _refused(b"\x10" * 7, r"truncated file \(7 bytes\)")
+    message = _refused(struct.pack("<Q", 16), "not a safetensors file")
+    assert "file 8 bytes" in message
