@@ -88,7 +88,10 @@ def test_bytes_do_not_depend_on_the_metadatas_key_order(tmp_path):
     b = SyntheticSet(a.images, a.labels, dict(reversed(list(a.meta.items()))))
     assert list(a.meta) != list(b.meta)
     assert a.to_bytes() == b.to_bytes()
-    assert a.save(tmp_path / "a.st").read_bytes() == b.save(tmp_path / "b.st").read_bytes()
+    assert (
+        a.save(tmp_path / "a.st").read_bytes()
+        == b.save(tmp_path / "new" / "dir" / "b.st").read_bytes()
+    )
 
 
 def test_a_written_set_declares_format_version_1():
@@ -128,11 +131,18 @@ def test_a_header_of_one_byte_is_no_safetensors_file():
     _refused(struct.pack("<Q", 1) + b"{" + b"\0" * 64, "not a safetensors file")
 
 
-def test_a_file_cut_inside_its_header_says_truncated():
+@pytest.mark.parametrize("keep", [0.5, 1.0])
+def test_a_file_cut_inside_its_header_says_truncated(keep):
     blob = _set().to_bytes()
     (hlen,) = struct.unpack("<Q", blob[:8])
-    message = _refused(blob[: 8 + hlen // 2], "truncated")
+    cut = 8 + int(hlen * keep) - 1  # the last cut drops only the header's trailing padding
+    message = _refused(blob[:cut], "truncated")
     assert "header length" in message
+
+
+def test_the_smallest_header_is_read():
+    # "{}": two bytes, parsed; the file is then refused for what it lacks
+    _refused(struct.pack("<Q", 2) + b"{}", "expected tensors 'images' and 'labels', found \\[\\]")
 
 
 def test_a_padded_file_states_both_sizes():
