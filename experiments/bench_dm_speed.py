@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -106,15 +107,54 @@ def _cli_seconds(args, iterations: int, precision: str, out_dir: Path) -> float:
     return time.perf_counter() - t0
 
 
+# The one change the official code needs on current torch: its embed() views a tensor that is
+# no longer contiguous after the network's last pooling (a RuntimeError otherwise).
+OFFICIAL_PATCH = ("out = out.view(out.size(0), -1)", "out = out.reshape(out.size(0), -1)")
+
+
+def _official_copy(src: Path, dst: Path) -> Path:
+    """A copy of the user's checkout of VICO-UoE/DatasetCondensation with OFFICIAL_PATCH."""
+    if not (src / "main_DM.py").is_file():
+        raise SystemExit(f"error: --official {src}: no main_DM.py there")
+    shutil.copytree(src, dst / "official", ignore=shutil.ignore_patterns(".git"))
+    net = dst / "official" / "networks.py"
+    text = net.read_text()
+    if OFFICIAL_PATCH[0] in text:
+        net.write_text(text.replace(*OFFICIAL_PATCH))
+    return dst / "official"
+
+
+def _official_seconds(args, iterations: int, code: Path, out_dir: Path) -> float:
+    """Wall seconds of the official ``main_DM.py`` at our settings: one experiment, whose
+    evaluation (at iteration 0 only, below 2,000 iterations) is 1 model × 1 epoch, a cost that
+    cancels between the two iteration counts like start-up does. It runs ``--Iteration`` + 1
+    iterations (0 … N), so the difference of two runs is still N2 − N1 iterations."""
+    cmd = [sys.executable, "main_DM.py", "--dataset", "MNIST", "--ipc", str(args.ipc)]
+    cmd += ["--Iteration", str(iterations), "--batch_real", str(args.batch_real)]
+    cmd += ["--num_exp", "1", "--num_eval", "1", "--epoch_eval_train", "1"]
+    cmd += ["--dsa_strategy", args.dsa_strategy]  # ours for MNIST: no flips
+    cmd += ["--data_path", str(Path(args.data_root).resolve()), "--save_path", str(out_dir)]
+    env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "CUDA_VISIBLE_DEVICES": ""}
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, cwd=code, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
 def cli_end_to_end(args, precisions: list[str]) -> dict:
-    """End-to-end CLI seconds per iteration from two iteration counts, runs interleaved."""
+    """End-to-end seconds per iteration from two iteration counts, whole processes run
+    interleaved: our CLI per precision, and the official ``main_DM.py`` with ``--official``."""
     n1, n2 = args.cli
-    runs: dict[str, dict[int, list[float]]] = {p: {n1: [], n2: []} for p in precisions}
+    names = [*precisions, *(["official"] if args.official else [])]
+    runs: dict[str, dict[int, list[float]]] = {p: {n1: [], n2: []} for p in names}
     with tempfile.TemporaryDirectory() as tmp:
+        code = _official_copy(Path(args.official), Path(tmp)) if args.official else None
         for r in range(args.cli_repeats):
             for n in (n1, n2):
-                for prec in precisions:
-                    runs[prec][n].append(_cli_seconds(args, n, prec, Path(tmp)))
+                for prec in names:
+                    if prec == "official":
+                        runs[prec][n].append(_official_seconds(args, n, code, Path(tmp)))
+                    else:
+                        runs[prec][n].append(_cli_seconds(args, n, prec, Path(tmp)))
             print(
                 f"cli round {r + 1}/{args.cli_repeats}: "
                 + "  ".join(f"{p}: {runs[p][n1][-1]:.1f}s / {runs[p][n2][-1]:.1f}s" for p in runs),
@@ -195,6 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--cli-repeats", type=int, default=2, help="CLI runs per count")
     p.add_argument(
+        "--official",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --cli: also time the official main_DM.py from this checkout of "
+        "VICO-UoE/DatasetCondensation (run from a copy with one compatibility patch)",
+    )
+    p.add_argument(
         "--accuracy",
         type=int,
         default=0,
@@ -215,12 +263,15 @@ def main(argv: list[str] | None = None) -> int:
         args.iterations, args.warmup, args.batch_real = 2, 1, 32
     if args.cli is not None and (len(args.cli) != 2 or not 0 < args.cli[0] < args.cli[1]):
         p.error("--cli takes two increasing iteration counts, e.g. 3,8")
+    if args.official is not None and args.cli is None:
+        p.error("--official needs --cli N1,N2 (whole processes at two iteration counts)")
 
     require_mnist(args.data_root)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     real = load_dataset("mnist", args.data_root, train=True)
     strategy = default_strategy(real.info)
+    args.dsa_strategy = strategy
     rss_data = peak_rss_mib()
 
     runners: dict[str, Callable[[], float]] = {
@@ -295,6 +346,12 @@ def main(argv: list[str] | None = None) -> int:
                 for k, r in results.items()
                 if k.startswith("reference")
             }
+        if "official" in cli:
+            off = cli["official"]["s_per_iteration"]
+            cli["official"]["patch"] = " → ".join(OFFICIAL_PATCH) + " (networks.py)"
+            for prec in ("fp32", "bf16"):
+                if prec in cli:
+                    cli[prec]["ratio_over_official"] = cli[prec]["s_per_iteration"] / off
     accuracy = accuracy_effect(real, args) if args.accuracy else None
     out = {
         "benchmark": "dm seconds per iteration, ours vs the official implementation's structure",
