@@ -9,7 +9,7 @@ Each mutant then costs its tests' time, not the ~10 s of imports on a loaded 2-c
                                             # importing MODULES loads (run.py starts/stops it)
     python forkserver.py run SOCKET TIMEOUT ARGS  # cosmic-ray's test command: pytest ARGS in a
                                                   # fresh child; exit status is pytest's, 3 on
-                                                  # a timeout (cosmic-ray counts both as killed)
+                                                  # a timeout, 128 + N on signal N (all: killed)
 
 The client imports nothing heavy; it stays a few tens of milliseconds.
 """
@@ -108,8 +108,8 @@ def _run_child(args: list[str], timeout: float, cwd: str) -> int:
         raise
     with contextlib.suppress(OSError):  # what the tests started (a subprocess) goes too
         os.killpg(pid, signal.SIGKILL)
-    if os.WIFSIGNALED(raw):
-        return 3 if os.WTERMSIG(raw) == signal.SIGALRM else 4
+    if os.WIFSIGNALED(raw):  # the alarm: a timeout (3); another signal: 128 + its number
+        return 3 if os.WTERMSIG(raw) == signal.SIGALRM else 128 + os.WTERMSIG(raw)
     return os.WEXITSTATUS(raw)
 
 

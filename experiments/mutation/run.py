@@ -363,10 +363,13 @@ def run_module(
         "load_before": load(),
     }
 
-    t0 = time.time()
-    base = subprocess.run(shlex.split(f"{client} {alarm}") + pytest_args(cr["test-command"], clone),
-                          cwd=clone, env=env)  # fmt: skip
-    meta["baseline_seconds"] = time.time() - t0
+    for _attempt in range(2):  # once more on a failure: a loaded machine has hiccups
+        t0 = time.time()
+        base = subprocess.run(shlex.split(f"{client} {alarm}") + pytest_args(cr["test-command"], clone),
+                              cwd=clone, env=env)  # fmt: skip
+        meta["baseline_seconds"] = time.time() - t0
+        if base.returncode == 0:
+            break
     if base.returncode != 0:
         raise SystemExit(f"{name}: the tests fail on the unmutated code (exit {base.returncode})")
 
