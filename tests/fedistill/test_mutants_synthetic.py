@@ -17,7 +17,12 @@ import torch
 
 from fedistill import factorised
 from fedistill.errors import SyntheticSetError
-from fedistill.synthetic import MAX_FILE_BYTES, MAX_HEADER_BYTES, SyntheticSet
+from fedistill.synthetic import SyntheticSet
+
+# the caps as documented, written out: a test reading the module's constant would follow a
+# changed constant and prove nothing about it
+MAX_HEADER_BYTES = 1 << 20  # 1 MiB of JSON header
+MAX_FILE_BYTES = 1 << 31  # 2 GiB of file
 
 META = {
     "dataset": "digits",
