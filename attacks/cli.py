@@ -20,9 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedistill.cli import guarded
 from fedistill.errors import FedistillError
-
-EXIT_USAGE = 2
 
 
 class AuditUsageError(FedistillError):
@@ -190,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["audit"]:
         argv = argv[1:]
-    try:
+
+    def command() -> int:
         parser = _Parser(prog="python -m attacks", description="The attack matrix.")
         add_arguments(parser)
         args = parser.parse_args(argv)
@@ -199,12 +199,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(levelname)s %(name)s: %(message)s",
         )
         return cmd_audit(args, prog="python -m attacks")
-    except FedistillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+    return guarded(command)

@@ -210,8 +210,10 @@ def verdict(epsilon_lb: float, ceiling: float, claimed: float | None) -> str:
     return "consistent"
 
 
-def finite_or_none(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
+def finite_or_none(x: Any) -> float | None:
+    """``x`` as a float where it is a finite number; None for ∞, NaN, None or a non-number
+    (JSON has no ∞: None stands for it, and for "no claim")."""
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
 
 
 @dataclass

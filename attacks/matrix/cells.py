@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from attacks.dp_audit import finite_or_none
 from attacks.matrix.config import FEDAVG, MIA_ATTACKS, RowSpec, has_field, make_config
 from attacks.targets import REAL, PipelineConfig
 from fedistill.errors import ConfigError
@@ -42,10 +43,6 @@ class Skip(Exception):
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "row"
-
-
-def _finite(x: Any) -> float | None:
-    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
 
 
 def jsonable(x: Any) -> Any:
@@ -102,8 +99,8 @@ class AttackCells:
         priv = (syn.privacy if syn is not None else None) or {}
         summary = {
             "accuracy": acc,
-            "epsilon": _finite(priv.get("epsilon")),
-            "delta": _finite(priv.get("delta")),
+            "epsilon": finite_or_none(priv.get("epsilon")),
+            "delta": finite_or_none(priv.get("delta")),
         }
         if syn is not None and "rho" in syn.meta.get("hyperparameters", {}):
             summary["rho"] = syn.meta["hyperparameters"]["rho"]
