@@ -32,6 +32,7 @@ and the settings; the JSON goes to ``--out``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -249,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ITERATIONS",
         help="also distil fp32 and bf16 sets this long and evaluate both (0: skip)",
     )
+    p.add_argument(
+        "--accuracy-only",
+        action="store_true",
+        help="with --accuracy: measure only bf16's accuracy effect and add it to --out's JSON "
+        "(a long measurement, for a quieter hour than the timings)",
+    )
     p.add_argument("--eval-epochs", type=int, default=300)
     p.add_argument("--eval-models", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
@@ -268,6 +275,18 @@ def main(argv: list[str] | None = None) -> int:
 
     require_mnist(args.data_root)
     torch.set_num_threads(args.threads)
+    if args.accuracy_only:
+        if not args.accuracy or not args.out.is_file():
+            p.error("--accuracy-only needs --accuracy N and an existing --out JSON")
+        doc = json.loads(args.out.read_text())
+        real = load_dataset("mnist", args.data_root, train=True)
+        doc["bf16_accuracy_effect"] = accuracy_effect(real, args) | {
+            "command": command,
+            "machine": machine(),
+        }
+        write_json(args.out, doc)
+        print(f"wrote {args.out}")
+        return 0
     load_before = os.getloadavg()
     real = load_dataset("mnist", args.data_root, train=True)
     strategy = default_strategy(real.info)
