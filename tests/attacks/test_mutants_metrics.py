@@ -124,6 +124,7 @@ def test_the_interval_is_read_at_the_percentiles_of_its_level(level, monkeypatch
 
 def test_metrics_dict_reports_the_default_intervals():
     scores, members = _separable_with_edges(30, 40)
-    cell = metrics_dict(scores, members, n_boot=200)
-    iv = intervals(scores, members, n_boot=200)
-    assert cell["ci95"]["auc"] == list(iv.auc)
+    cell = metrics_dict(scores, members)  # the defaults: B = 1000, seed 0
+    iv = intervals(scores, members, n_boot=1000, seed=0)
+    assert cell["ci95"]["auc"] == list(iv.auc) and "B=1000" in cell["ci_method"]
+    assert cell["ci95"]["tpr_at_fpr"]["0.01"] == list(iv.tpr_at_fpr[0.01])
