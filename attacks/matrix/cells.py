@@ -160,6 +160,7 @@ class AttackCells:
             leave_one_out=spec.leave_one_out,
             num_targets=spec.num_targets,
             n_boot=spec.n_boot,
+            jobs=spec.jobs,
         )
         out = run_mia(
             self.train,

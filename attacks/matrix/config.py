@@ -85,10 +85,13 @@ class MIASpec:
     set_shadows: int = 0  # shadow pipelines calibrating the set-level distances (0: raw)
     n_boot: int = 1000  # bootstrap replicates of the 95% intervals
     rows: list[str] | None = None  # None: every pipeline row
+    jobs: int = 1  # shadow pipelines trained at once, each in a single-threaded process
 
     def validate(self) -> None:
         if self.num_shadows < 2:
             raise ConfigError("attacks.mia: num-shadows must be ≥ 2")
+        if self.jobs < 1:
+            raise ConfigError("attacks.mia: jobs must be ≥ 1")
         if self.pool_size is not None and self.pool_size < 4:
             raise ConfigError("attacks.mia: pool-size must be ≥ 4")
         if self.num_targets < 1:

@@ -58,6 +58,19 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
+# section keys that schedule the work without changing what is measured
+SCHEDULING_KEYS = ("jobs",)
+
+
+def _measured(cfg: dict[str, Any], section: str) -> Any:
+    """A config section without its scheduling keys (a cell measured with 1 or 4 jobs is the
+    same measurement, up to float rounding)."""
+    sec = cfg.get(section)
+    if not isinstance(sec, dict):
+        return sec
+    return {k: v for k, v in sec.items() if k not in SCHEDULING_KEYS}
+
+
 class MatrixRun(AttackCells):
     """Runs the cells of one :class:`AuditConfig` and keeps ``report.json`` up to date."""
 
@@ -161,7 +174,7 @@ class MatrixRun(AttackCells):
         same = (
             old.get("dataset") == jsonable(self.report["dataset"])
             and all(old_cfg.get(k) == new_cfg.get(k) for k in ("dataset", "seed", "budget"))
-            and (section is None or old_cfg.get(section) == new_cfg.get(section))
+            and (section is None or _measured(old_cfg, section) == _measured(new_cfg, section))
             and next((r for r in old.get("rows", []) if r["name"] == name), None)
             == jsonable(self._row_facts(name))
         )

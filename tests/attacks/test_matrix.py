@@ -359,3 +359,17 @@ def test_cells_of_an_earlier_run_are_kept_only_under_the_same_settings(tmp_path,
         capsys,
     )
     assert code == 2 and "not a readable report" in err and len(err.strip().splitlines()) == 1
+
+
+def test_how_many_jobs_ran_a_cell_does_not_change_what_it_measured():
+    """--keep-from compares attack sections without their scheduling keys (``jobs``): a report
+    written before the key existed, or with another job count, still provides its cells."""
+    from attacks.matrix.runner import _measured
+
+    before = {"mia": {"num_shadows": 16}}
+    one, four = ({"mia": {"num_shadows": 16, "jobs": j}} for j in (1, 4))
+    other = {"mia": {"num_shadows": 8, "jobs": 4}}
+    assert _measured(before, "mia") == _measured(one, "mia") == _measured(four, "mia")
+    assert _measured(four, "mia") != _measured(other, "mia")
+    with pytest.raises(ConfigError, match="jobs must be ≥ 1"):
+        config_from_dict({"dataset": "digits", "methods": [], "attacks": {"mia": {"jobs": 0}}})
