@@ -383,8 +383,9 @@ def run_module(
         )
         con.commit()
         con.close()
+        first = old.get("first_run") or old  # a recheck of a recheck keeps the first run's
         meta["first_run"] = {
-            k: old.get(k) for k in ("seconds", "load_before", "load_after", "commit")
+            k: first.get(k) for k in ("seconds", "load_before", "load_after", "commit")
         }
         again = apply_filter(session, source, cfg.get("fedistill", {}).get("functions", []))
         meta["filtered"] = {k: old.get("filtered", {}).get(k, 0) + again.get(k, 0) for k in again}
