@@ -10,6 +10,7 @@ import itertools
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 
 import attacks.metrics as metrics
 from attacks.metrics import (
@@ -17,6 +18,8 @@ from attacks.metrics import (
     _tpr_at_fpr_sorted,
     auc,
     binomial_std_auc,
+    clopper_pearson,
+    format_tpr,
     intervals,
     metrics_dict,
     roc_curve,
@@ -128,3 +131,42 @@ def test_metrics_dict_reports_the_default_intervals():
     iv = intervals(scores, members, n_boot=1000, seed=0)
     assert cell["ci95"]["auc"] == list(iv.auc) and "B=1000" in cell["ci_method"]
     assert cell["ci95"]["tpr_at_fpr"]["0.01"] == list(iv.tpr_at_fpr[0.01])
+
+
+def test_a_roc_of_exactly_200_points_is_kept_as_it_is():
+    scores = np.arange(199, dtype=float)
+    members = scores % 3 == 0
+    roc = roc_curve(scores, members)
+    assert len(roc.fpr) == 200
+    fpr, tpr = thin_roc(roc)
+    assert np.array_equal(fpr, roc.fpr) and np.array_equal(tpr, roc.tpr)
+
+
+def test_clopper_pearson_at_zero_all_and_in_between():
+    n = 20
+    assert clopper_pearson(0, n) == (0.0, pytest.approx(1 - 0.025 ** (1 / n)))
+    assert clopper_pearson(n, n) == (pytest.approx(0.025 ** (1 / n)), 1.0)
+    exact = binomtest(7, n).proportion_ci(confidence_level=0.95, method="exact")
+    assert clopper_pearson(7, n) == (pytest.approx(exact.low), pytest.approx(exact.high))
+
+
+def test_a_tpr_at_the_resolution_is_a_number_and_below_it_is_not():
+    assert format_tpr(0.01, None, 0.01) == "0.010"
+    assert format_tpr(0.0099, (0.0, 0.05), 0.01) == "< 0.01"
+
+
+@pytest.mark.parametrize("n", [100, 2500, 5000])
+def test_the_bootstrap_draws_exactly_its_replicates_whatever_the_pool(n, monkeypatch):
+    rows = []
+    real = metrics._auc_rows
+
+    def count(s_in, s_out):
+        rows.append(len(s_in))
+        return real(s_in, s_out)
+
+    monkeypatch.setattr(metrics, "_auc_rows", count)
+    rng = np.random.default_rng(0)
+    iv = intervals(rng.normal(size=n), np.arange(n) % 2 == 0, fprs=(), n_boot=1000)
+    assert sum(rows) == 1000 and max(rows) <= max(1, 2_000_000 // n)
+    assert "B=1000" in iv.method
+    assert "B=1000" in intervals(rng.normal(size=20), np.arange(20) < 10, fprs=()).method
