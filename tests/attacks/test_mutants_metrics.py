@@ -131,6 +131,7 @@ def test_metrics_dict_reports_the_default_intervals():
     iv = intervals(scores, members, n_boot=1000, seed=0)
     assert cell["ci95"]["auc"] == list(iv.auc) and "B=1000" in cell["ci_method"]
     assert cell["ci95"]["tpr_at_fpr"]["0.01"] == list(iv.tpr_at_fpr[0.01])
+    assert "roc" not in cell  # a ROC only when asked for (roc_points > 0)
 
 
 def test_a_roc_of_exactly_200_points_is_kept_as_it_is():
