@@ -156,7 +156,7 @@ def test_a_tpr_at_the_resolution_is_a_number_and_below_it_is_not():
     assert format_tpr(0.0099, (0.0, 0.05), 0.01) == "< 0.01"
 
 
-@pytest.mark.parametrize("n", [100, 2500])  # 2500: chunks of 800, 800 and 200
+@pytest.mark.parametrize("n", [100, 2500])  # 2500: chunks of 800 and 200
 def test_the_bootstrap_draws_exactly_its_replicates_whatever_the_pool(n, monkeypatch):
     rows = []
     real = metrics._auc_rows
