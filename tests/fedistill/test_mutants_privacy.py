@@ -1,15 +1,17 @@
 """The privacy accounting where mutation testing found it under-tested (mutants of
 fedistill/privacy.py that survived the other tests: experiments/results/mutation/privacy.txt):
 what zero steps and one step spend, when calibration needs no noise at all, the noise's scale,
-the budget message, and a ledger that composes rounds run at different noise levels."""
+the budget message, a ledger that composes rounds run at different noise levels, and noise
+that is secure unless asked otherwise."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+import torch
 
-from fedistill.errors import PrivacyBudgetExceeded
+from fedistill.errors import ConfigError, PrivacyBudgetExceeded
 from fedistill.privacy import (
     PrivacyLedger,
     calibrate_noise,
@@ -70,3 +72,32 @@ def test_a_step_merges_only_with_the_last_entry_of_the_history():
     assert ledger.epsilon_spent() == pytest.approx(history_epsilon(ledger.history, DELTA, "rdp"))
     ledger.spend()
     assert ledger.history == [(2.0, Q, 5), (1.0, Q, 3), (2.0, Q, 2)]
+
+
+def test_noise_is_secure_unless_asked_otherwise():
+    # the default generator is the unrecorded one: the same seed twice gives two streams
+    a, b = noise_generator(3), noise_generator(3)
+    assert not torch.equal(torch.rand(8, generator=a), torch.rand(8, generator=b))
+    a, b = noise_generator(3, secure=False), noise_generator(3, secure=False)
+    assert torch.equal(torch.rand(8, generator=a), torch.rand(8, generator=b))
+    # replayable streams of different seeds differ
+    one, two = noise_generator(0, secure=False), noise_generator(1, secure=False)
+    assert not torch.equal(torch.rand(8, generator=one), torch.rand(8, generator=two))
+
+
+def test_gaussian_noise_takes_the_mitigated_path_by_default_and_the_plain_one_only_when_asked():
+    def draw(**kw):
+        return gaussian_noise((50,), 2.0, noise_generator(5, secure=False), **kw)
+
+    plain = torch.randn((50,), generator=noise_generator(5, secure=False)) * 2.0
+    assert torch.equal(draw(secure=False), plain)
+    assert torch.equal(draw(), draw(secure=True))
+    assert not torch.allclose(draw(secure=True), plain)
+
+
+def test_a_negative_noise_multiplier_or_a_budget_of_zero_is_a_config_error():
+    with pytest.raises(ConfigError, match="noise multiplier must be ≥ 0"):
+        spent_epsilon(-0.5, Q, 10, DELTA)
+    for epsilon in (0.0, -0.5):
+        with pytest.raises(ConfigError, match="epsilon must be > 0"):
+            calibrate_noise(epsilon, DELTA, Q, 10)
