@@ -82,7 +82,7 @@ from fedistill.distill import register
 from fedistill.distill._common import INITS, init_images, make_set, present_classes, seeded
 from fedistill.distill._fast_convnet import single_threaded
 from fedistill.errors import ConfigError
-from fedistill.models import MODELS, NORMS, build_model
+from fedistill.models import MODELS, NORMS, ConvNet, build_model
 from fedistill.progress import progress_bar
 from fedistill.synthetic import SyntheticSet
 
@@ -230,10 +230,13 @@ class ChunkedGradients:
     stall every one of the thousands of small operations). Pieces are fixed by ``chunk`` and
     summed in order, so the result does not depend on the number of workers. Valid for networks
     whose samples do not interact (instance norm, or batch norm in eval mode); ``chunk=None``
-    takes the batch whole."""
+    takes the batch whole. With ``fast`` (the default), a plain ConvNet's pieces run through
+    :func:`fast_logits` (equal to ``net(x)`` up to float rounding); ``fast=False`` runs the
+    network's own forward."""
 
-    def __init__(self, workers: int = 1, chunk: int | None = CHUNK) -> None:
+    def __init__(self, workers: int = 1, chunk: int | None = CHUNK, *, fast: bool = True) -> None:
         self.chunk = chunk
+        self.fast = fast
         self._pool = ThreadPoolExecutor(workers, "fedistill-dc") if workers > 1 else None
 
     def close(self) -> None:
@@ -247,12 +250,14 @@ class ChunkedGradients:
         (the caller can compute something else meanwhile)."""
         step = self.chunk or len(x)
         pieces = [(x[i : i + step], y[i : i + step]) for i in range(0, len(x), step)]
+        forward = fast_forward(net) if self.fast else None
+        forward = forward or net
         if self._pool is None:
-            done = [_summed_gradient(net, params, xc, yc) for xc, yc in pieces]
+            done = [_summed_gradient(forward, params, xc, yc) for xc, yc in pieces]
             jobs: list[Callable[[], tuple[Tensor, ...]]] = [lambda g=g: g for g in done]
         else:
             futures = [
-                self._pool.submit(_summed_gradient, net, params, xc, yc) for xc, yc in pieces
+                self._pool.submit(_summed_gradient, forward, params, xc, yc) for xc, yc in pieces
             ]
             jobs = [f.result for f in futures]
 
@@ -267,13 +272,133 @@ class ChunkedGradients:
 
 
 def _summed_gradient(
-    net: nn.Module, params: list[nn.Parameter], x: Tensor, y: Tensor
+    forward: Callable[[Tensor], Tensor], params: list[nn.Parameter], x: Tensor, y: Tensor
 ) -> tuple[Tensor, ...]:
-    """∇ Σ CE(net(x), y) on this thread alone; no graph is kept past the gradient."""
+    """∇ Σ CE(forward(x), y) on this thread alone; no graph is kept past the gradient."""
     if torch.get_num_threads() != 1:  # per OS thread under OpenMP
         torch.set_num_threads(1)
-    loss = soft_cross_entropy(net(x), y, reduction="sum")
+    loss = soft_cross_entropy(forward(x), y, reduction="sum")
     return torch.autograd.grad(loss, params)
+
+
+# --------------------------------------------------------------------------- the fast forward
+#
+# Where the time goes (torch.profiler, one thread, 16 MNIST images through ConvNet-128-3 forward
+# and backward): the convolutions take about 55 %, and nn.AvgPool2d's NCHW kernels about 20 %
+# (4.6 ms forward and 5.0 ms backward on a 16×128×28×28 map, against 0.8 ms and 1.2 ms for the
+# same sums as strided adds and a repeat). :func:`fast_logits` computes the same network with
+# that pooling and an in-place ReLU (neither the norm's nor the convolution's backward keeps its
+# output), leaving the convolutions and the norm to their own kernels.
+
+
+# A convolution with at most this many inputs per output runs as a matrix product (_conv).
+SMALL_CONV = 32
+
+
+class _AvgPool2(torch.autograd.Function):
+    """2×2 average pooling, stride 2, floor mode (``nn.AvgPool2d(2)``): the mean of each window
+    as two strided adds; the gradient spreads a quarter of each output's gradient over its
+    window (a trailing odd row or column gets none, as in the floor mode)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        ctx.size = (h, w)
+        x = x[..., : h - h % 2, : w - w % 2]
+        rows = x[..., 0::2, :] + x[..., 1::2, :]
+        return (rows[..., 0::2] + rows[..., 1::2]).mul_(0.25)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        h, w = ctx.size
+        up = (grad * 0.25).repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+        if up.shape[-2:] != (h, w):
+            up = F.pad(up, (0, w - up.shape[-1], 0, h - up.shape[-2]))
+        return up
+
+
+def _is_pool2(m: nn.Module) -> bool:
+    return (
+        isinstance(m, nn.AvgPool2d)
+        and m.kernel_size in (2, (2, 2))
+        and m.stride in (2, (2, 2))
+        and m.padding in (0, (0, 0))
+        and not m.ceil_mode
+        and m.divisor_override is None
+    )
+
+
+def _blocks(net: nn.Module) -> list[tuple[nn.Conv2d, nn.GroupNorm | None, bool]] | None:
+    """``(conv, norm, pool)`` per block of a plain ConvNet (``Conv2d → instance norm or
+    Identity → ReLU → optional AvgPool2d(2)``), or ``None`` for any other network."""
+    if not isinstance(net, ConvNet):
+        return None
+    mods, blocks, i = list(net.features), [], 0
+    while i < len(mods):
+        if i + 2 >= len(mods):
+            return None
+        conv, norm, act = mods[i : i + 3]
+        plain_conv = isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros"
+        if not plain_conv or type(act) is not nn.ReLU:
+            return None
+        if isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels:
+            kept: nn.GroupNorm | None = norm
+        elif type(norm) is nn.Identity:
+            kept = None
+        else:
+            return None
+        i += 3
+        pool = i < len(mods) and _is_pool2(mods[i])
+        i += pool
+        blocks.append((conv, kept, pool))
+    return blocks or None
+
+
+def _conv(h: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``conv(h)``; a convolution with few inputs per output (the first layer: 9 for MNIST) as
+    one batched matrix product over the unfolded patches, which oneDNN's direct kernel runs
+    at a few GFLOP/s (10 ms for 16 MNIST images, more than the 128-channel second layer)."""
+    kh, kw = conv.kernel_size
+    if conv.groups != 1 or conv.in_channels * kh * kw > SMALL_CONV or isinstance(conv.padding, str):
+        return F.conv2d(
+            h, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
+        )
+    n, _, height, width = h.shape
+    (ph, pw), (sh, sw), (dh, dw) = conv.padding, conv.stride, conv.dilation
+    ho = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    cols = F.unfold(h, (kh, kw), conv.dilation, conv.padding, conv.stride)  # N × C·k·k × L
+    weight = conv.weight.flatten(1).expand(n, -1, -1)
+    if conv.bias is None:
+        out = torch.bmm(weight, cols)
+    else:
+        out = torch.baddbmm(conv.bias[:, None].expand(n, -1, cols.shape[-1]), weight, cols)
+    return out.view(n, conv.out_channels, ho, wo)
+
+
+def fast_logits(
+    net: nn.Module, blocks: list[tuple[nn.Conv2d, nn.GroupNorm | None, bool]], x: Tensor
+) -> Tensor:
+    """``net(x)`` for a plain ConvNet whose blocks are ``blocks`` (see :func:`fast_forward`),
+    with :class:`_AvgPool2` and an in-place ReLU; equal to ``net(x)`` up to float rounding, and
+    differentiable in the parameters (and ``x``) as usual."""
+    h = x
+    for conv, norm, pool in blocks:
+        h = _conv(h, conv)
+        if norm is not None:
+            h = F.group_norm(h, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        h = F.relu(h, inplace=True)  # the conv's and the norm's backward do not keep h
+        if pool:
+            h = _AvgPool2.apply(h)
+    return net.classifier(h.flatten(1))
+
+
+def fast_forward(net: nn.Module) -> Callable[[Tensor], Tensor] | None:
+    """``x ↦ fast_logits(net, blocks, x)`` for a plain ConvNet, ``None`` for other networks."""
+    blocks = _blocks(net)
+    if blocks is None:
+        return None
+    return lambda x: fast_logits(net, blocks, x)
 
 
 def synthetic_gradient(
