@@ -1,0 +1,33 @@
+"""DP-PSG where mutation testing found it under-tested (mutants of fedistill/distill/psg.py that
+survived the other tests: experiments/results/mutation/psg.txt): the private step drawing its
+noise from a secure generator of its own when none is given, and a ledger from another run
+(another sampling rate) refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedistill.distill.psg import PSGConfig, _check_ledger, plan_ledger, private_gradient
+from fedistill.errors import PrivacyBudgetExceeded
+from fedistill.models import build_model
+
+
+def test_a_noisy_private_step_without_a_generator_draws_fresh_secure_noise(digits_train):
+    torch.manual_seed(0)
+    model = build_model("convnet", digits_train.info, width=8)
+    x, y = digits_train.images[:6], digits_train.labels[:6]
+    kw = {"clip": 0.1, "noise_multiplier": 1.0, "expected_batch": 6.0}
+    a, b = private_gradient(model, x, y, **kw), private_gradient(model, x, y, **kw)
+    assert all(torch.isfinite(t).all() for t in a)
+    assert not all(torch.equal(s, t) for s, t in zip(a, b, strict=True))  # unrecorded noise
+
+
+def test_a_ledger_planned_for_another_sampling_rate_is_refused():
+    base = {"epsilon": 5.0, "iterations": 2, "outer_loop": 2, "batch_loop": 2}
+    config = PSGConfig(public_size=500, batch_real=50, **base)
+    ledger = plan_ledger(config)
+    _check_ledger(ledger, config)  # its own run: accepted
+    other = PSGConfig(public_size=500, batch_real=60, **base)  # q = 0.12, not 0.1
+    with pytest.raises(PrivacyBudgetExceeded, match="sample_rate"):
+        _check_ledger(ledger, other)
