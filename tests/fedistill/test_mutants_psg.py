@@ -1,7 +1,7 @@
 """DP-PSG where mutation testing found it under-tested (mutants of fedistill/distill/psg.py that
 survived the other tests: experiments/results/mutation/psg.txt): the private step drawing its
 noise from a secure generator of its own when none is given, and a ledger from another run
-(another sampling rate) refused."""
+(another sampling rate) refused, the planned steps of a run without rounds, an audit's plan."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedistill.distill.psg import PSGConfig, _check_ledger, plan_ledger, private_gradient
-from fedistill.errors import PrivacyBudgetExceeded
+from fedistill.errors import ConfigError, PrivacyBudgetExceeded
 from fedistill.models import build_model
 
 
@@ -31,3 +31,18 @@ def test_a_ledger_planned_for_another_sampling_rate_is_refused():
     other = PSGConfig(public_size=500, batch_real=60, **base)  # q = 0.12, not 0.1
     with pytest.raises(PrivacyBudgetExceeded, match="sample_rate"):
         _check_ledger(ledger, other)
+
+
+def test_a_run_without_rounds_plans_one_rounds_steps():
+    config = PSGConfig(iterations=2, outer_loop=3, batch_loop=2)
+    assert config.steps == 12 and config.planned_steps == 12
+    assert PSGConfig(iterations=2, outer_loop=3, batch_loop=2, rounds=4).planned_steps == 48
+
+
+def test_an_audit_plans_with_the_size_it_assumes_and_a_run_cannot_plan_without_one():
+    config = PSGConfig(epsilon=5.0, batch_real=50, iterations=2, outer_loop=2, batch_loop=2)
+    ledger = plan_ledger(config, 500)
+    assert ledger.count is not None and ledger.count.estimate == 500.0
+    assert ledger.sample_rate == pytest.approx(50 / 500)
+    with pytest.raises(ConfigError, match="needs public_size, a DP count or a size"):
+        plan_ledger(config)
