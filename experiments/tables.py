@@ -524,6 +524,44 @@ def eval_speed_table() -> str:
     return "\n".join(lines)
 
 
+def dc_speed_table() -> str:
+    """DC seconds per outer iteration, whole processes: the CLI against the official main.py."""
+    d = _load("bench_dc_speed.json")
+    if not d:
+        return _missing("bench_dc_speed.py")
+    m, st = d["machine"], d["settings"]
+    loads = [r["load_1m_before"] for r in d["runs"]]
+    budget = (
+        "the official loops"
+        if st["official_loops"]
+        else f"**a reduced budget**, loops ({st['outer_loop']}, {st['inner_loop']}) on both sides"
+    )
+    lines = [
+        "### DC speed: `fedistill distill --method dc` against the official code",
+        "",
+        f"{_made_by(d, 'bench_dc_speed.json')} ({m.get('date', '?')}, {m.get('cpus')} cores; "
+        f"MNIST subset, {st['train_images']} training images, IPC {st['ipc']}, batch_real "
+        f"{st['batch_real_per_class']}, real init, no DSA, {budget}; reference: {d['reference']};"
+        f" outer iterations {st['counts'][0]} and {st['counts'][1]}, so start-up cancels)",
+        "",
+        "| pair | ours s / outer it. | reference s / outer it. | ours / reference (wall) | (CPU) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for p in d["pairs"]:
+        lines.append(
+            f"| {p['pair']} | {p['ours']['wall_s_per_iteration']:.1f} | "
+            f"{p['reference']['wall_s_per_iteration']:.1f} | {p['ratio_wall']:.2f} | "
+            f"{p['ratio_cpu']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Median ratio {d['median_ratio_wall']:.2f} (wall), {d['median_ratio_cpu']:.2f} (CPU). "
+        f"**Measured on a shared machine** (1-min load {min(loads):.1f}–{max(loads):.1f} on "
+        f"{m.get('cpus')} cores before the runs).",
+    ]
+    return "\n".join(lines)
+
+
 def _rate(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
@@ -586,6 +624,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "distill": distill_table,
     "dm-speed": dm_speed_table,
     "eval-speed": eval_speed_table,
+    "dc-speed": dc_speed_table,
     "federated": federated_table,
     "privacy": privacy_table,
     "dp-audit": dp_audit_table,
