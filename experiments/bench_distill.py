@@ -53,9 +53,8 @@ BUDGET = {
     ("idc-dm", 1): 200,  # DM's budget: one fresh network and one image step each
     ("idc-dm", 10): 200,
     # IDC's gradient matching: per network 10 rounds × (one matching step per class + one pass
-    # over 500 real images); ≈ 120 s per network on 28 px at IPC 1 on a busy 2-core box (load 13;
-    # more at IPC 10: 40 decoded
-    # images per class)
+    # over 500 real images): ≈ 120 s per network at IPC 1 on a busy 2-core box (load 13), more
+    # at IPC 10 (40 decoded images per class)
     ("idc-dc", 1): 10,
     ("idc-dc", 10): 4,
     ("haba", 1): 200,  # DM's budget (HaBa's matching here is DM's)

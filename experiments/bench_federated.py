@@ -34,6 +34,7 @@ protocol's own figures (DM 200+ iterations, 300 evaluation epochs) are reachable
 ``--iterations 200 --eval-epochs 300``; cheaper: ``--batch-real 64``. Run:
 
     python experiments/bench_federated.py --jobs 2   # full (hours on 2 cores: the lead runs it)
+    python experiments/bench_federated.py --compare-method idc   # + FedDM with IDC (issue 14)
     python experiments/bench_federated.py --quick    # smoke run: α = 0.5 only, 1,000 training
                                                      # images, width-32 models, 2 DM
                                                      # iterations; numbers meaningless
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -95,6 +97,9 @@ class Budget:
     flower: bool = True
     flower_iterations: int | None = None  # Flower run: None = same as iterations
     flower_eval_epochs: int | None = None
+    # a second FedDM run per α with this method (e.g. "idc": factorised sets), same partitions
+    # and seeds, compared with FedAvg on bytes up as the first one is (issue 14)
+    compare_method: str | None = None
 
 
 QUICK = Budget(
@@ -203,6 +208,18 @@ def summarise(alpha_runs: dict[str, Any]) -> dict[str, Any]:
         one = run["feddm"]["rounds"][0]
         reach = bytes_to_reach(run["fedavg"], one["accuracy"])
         fed_bytes = reach.get("bytes_up", reach.get("bytes_up_lower_bound"))
+        if "feddm_compare" in run:  # the second method's one-shot against the same FedAvg
+            other = run["feddm_compare"]["rounds"][0]
+            o_reach = bytes_to_reach(run["fedavg"], other["accuracy"])
+            o_bytes = o_reach.get("bytes_up", o_reach.get("bytes_up_lower_bound"))
+            compare = {
+                "oneshot_accuracy": other["accuracy"],
+                "oneshot_bytes_up": other["cum_bytes_up"],
+                "final_accuracy": run["feddm_compare"]["accuracy"],
+                "fedavg_to_match_oneshot": o_reach,
+                "fedavg_bytes_ratio": o_bytes / max(other["cum_bytes_up"], 1),
+                "fedavg_bytes_ratio_is_lower_bound": not o_reach["reached"],
+            }
         out[key] = {
             "feddm_oneshot_accuracy": one["accuracy"],
             "feddm_oneshot_bytes_up": one["cum_bytes_up"],
@@ -213,6 +230,8 @@ def summarise(alpha_runs: dict[str, Any]) -> dict[str, Any]:
             "fedavg_bytes_ratio": fed_bytes / max(one["cum_bytes_up"], 1),
             "fedavg_bytes_ratio_is_lower_bound": not reach["reached"],
         }
+        if "feddm_compare" in run:
+            out[key]["compare"] = compare
     return out
 
 
@@ -403,7 +422,17 @@ def run_alpha(
         f"({fedavg['bytes_up'] / 1e6:.1f} MB up, {fedavg['wall_seconds']:.0f} s)",
         flush=True,
     )
-    return {"alpha": alpha, "feddm": feddm, "fedavg": fedavg}
+    out = {"alpha": alpha, "feddm": feddm, "fedavg": fedavg}
+    if b.compare_method:
+        other = run_feddm(train, test, alpha, dataclasses.replace(b, method=b.compare_method), seed)
+        print(
+            f"α={key}: feddm with {b.compare_method} "
+            + ", ".join(f"r{r['round']} {r['accuracy']:.3f}" for r in other["rounds"])
+            + f" ({other['bytes_up'] / 1e6:.2f} MB up)",
+            flush=True,
+        )
+        out["feddm_compare"] = other
+    return out
 
 
 def _alpha_job(shared: tuple, alpha: float) -> dict[str, Any]:
@@ -513,6 +542,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", type=int)
     p.add_argument("--method", help="distillation method of the feddm clients (default dm)")
     p.add_argument("--iterations", type=int, help="DM iterations per client per round")
+    p.add_argument(
+        "--compare-method",
+        help="also run FedDM with this method (e.g. idc) on the same partitions and seeds",
+    )
     p.add_argument("--eval-epochs", type=int, help="server epochs on the pooled sets")
     p.add_argument("--feddm-rounds", type=int)
     p.add_argument("--fedavg-rounds", type=int)
@@ -553,6 +586,7 @@ def budget_from(args: argparse.Namespace) -> Budget:
         ("batch_real", args.batch_real),
         ("width", args.width),
         ("local_epochs", args.local_epochs),
+        ("compare_method", args.compare_method),
     ):
         if value is not None:
             setattr(b, field_name, value)
@@ -624,6 +658,14 @@ def main(argv: list[str] | None = None) -> int:
         "flower_overhead_seconds": flower.get("overhead_seconds") if flower else None,
         "flower_overhead_target_seconds": 20.0,
     }
+    if mid and "compare" in mid:  # issue 14: FedAvg needs ≥ 33× the factorised one-shot's bytes
+        targets["compare_method"] = b.compare_method
+        targets["compare_oneshot_accuracy_alpha_0.5"] = mid["compare"]["oneshot_accuracy"]
+        targets["compare_fedavg_bytes_ratio_alpha_0.5"] = mid["compare"]["fedavg_bytes_ratio"]
+        targets["compare_fedavg_bytes_ratio_is_lower_bound"] = mid["compare"][
+            "fedavg_bytes_ratio_is_lower_bound"
+        ]
+        targets["compare_fedavg_bytes_ratio_target"] = 33.0
     args.out_dir.mkdir(parents=True, exist_ok=True)
     doc = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 
 BASES = ("dm", "dc")
 METRICS = ("l1", "mse")
-IDC_INITS = ("mix", "noise")
+IDC_INITS = ("mix", "real", "noise")  # "real": the mix init (the CLI's --init real)
 
 
 @dataclass
@@ -82,7 +82,7 @@ class IDCConfig:
     iterations: int = 200  # fresh networks (dm: one image step each; dc: inner_loop rounds)
     lr_img: float | None = None
     batch_real: int | None = None
-    init: str = "mix"  # "mix": real images downsampled into the tiles; or "noise"
+    init: str = "mix"  # "mix" (or "real"): real images downsampled into the tiles; or "noise"
     dsa: bool = True
     dsa_strategy: str | None = None
     width: int = 128
