@@ -163,6 +163,8 @@ def test_the_bootstrap_draws_exactly_its_replicates_whatever_the_pool(n, monkeyp
 
     def count(s_in, s_out):
         rows.append(len(s_in))
+        # every replicate scores all its resampled members against all its non-members
+        assert s_in.shape[1] == s_out.shape[1] == n // 2 and len(s_out) == len(s_in)
         return real(s_in, s_out)
 
     monkeypatch.setattr(metrics, "_auc_rows", count)
