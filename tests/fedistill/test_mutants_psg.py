@@ -1,7 +1,8 @@
 """DP-PSG where mutation testing found it under-tested (mutants of fedistill/distill/psg.py that
 survived the other tests: experiments/results/mutation/psg.txt): the private step drawing its
 noise from a secure generator of its own when none is given, and a ledger from another run
-(another sampling rate) refused, the planned steps of a run without rounds, an audit's plan."""
+(another sampling rate) refused, the planned steps of a run without rounds, an audit's plan, a
+batch of one example."""
 
 from __future__ import annotations
 
@@ -46,3 +47,13 @@ def test_an_audit_plans_with_the_size_it_assumes_and_a_run_cannot_plan_without_o
     assert ledger.sample_rate == pytest.approx(50 / 500)
     with pytest.raises(ConfigError, match="needs public_size, a DP count or a size"):
         plan_ledger(config)
+
+
+def test_a_batch_of_one_example_contributes_its_clipped_gradient(digits_train):
+    # Poisson sampling can draw a single example: it must count, not be taken for empty
+    torch.manual_seed(0)
+    model = build_model("convnet", digits_train.info, width=8)
+    x, y = digits_train.images[:1], digits_train.labels[:1]
+    got = private_gradient(model, x, y, clip=1e-3, noise_multiplier=0.0, expected_batch=2.0)
+    norm = torch.cat([g.flatten() for g in got]).norm()
+    assert float(norm) == pytest.approx(1e-3 / 2.0, rel=1e-3)  # clipped to C, over the batch
