@@ -124,9 +124,8 @@ def dm_speed_table() -> str:
         lines += [
             "",
             "_This run shared the 2 cores with other work (load average above), so the absolute "
-            "seconds are inflated; the ratio comes from interleaved iterations in one process. "
-            f"On a quiet machine the official DM code takes ≈ {OFFICIAL_DM_SECONDS} s per "
-            "iteration at these settings; re-run the command there for absolute figures._",
+            "seconds are inflated; the ratios come from interleaved runs. Re-run the command on "
+            "a quiet machine for absolute figures._",
         ]
     cli = d.get("cli_end_to_end") or {}
     if cli:
