@@ -159,6 +159,54 @@ def main(argv: list[str] | None = None) -> int:
             return reference_command(args, n)
 
     runs, pairs = [], []
+
+    def report() -> dict:
+        """The JSON of the pairs so far (written after every pair: a stopped run keeps them)."""
+        loops = args.loops or (10, 50)
+        out = {
+            "benchmark": "dc seconds per outer iteration, whole processes: ours vs the official code",
+            "command": command,
+            "reference": reference,
+            "official_patches": patches,
+            "settings": {
+                "dataset": "mnist-subset",
+                "train_images": train_images,
+                "ipc": IPC,
+                "batch_real_per_class": args.batch_real,
+                "init": "real",
+                "dsa": False,
+                "model": "ConvNet-128-3, instance norm (official: 28x28 input padded to 32x32)",
+                "outer_loop": loops[0],
+                "inner_loop": loops[1],
+                "official_loops": args.loops is None,
+                "counts": list(counts),
+                "pairs": args.pairs,
+                "interleaved": "ours, reference per count, one process at a time",
+                "device": "cpu",
+            },
+            "machine": machine(),
+            "runs": runs,
+            "pairs": pairs,
+            "pairs_completed": len(pairs),
+            "warning": (
+                "a side's wall seconds fell from the shorter to the longer run in some pair: "
+                "start-up and load varied more than the iterations cost; use the CPU ratio or "
+                "a quieter machine"
+                if any(
+                    p[s]["wall_s_per_iteration"] <= 0 for p in pairs for s in ("ours", "reference")
+                )
+                else None
+            ),
+            "median_ratio_wall": statistics.median(p["ratio_wall"] for p in pairs),
+            "median_ratio_cpu": statistics.median(p["ratio_cpu"] for p in pairs),
+            "median_s_per_iteration": {
+                side: statistics.median(p[side]["wall_s_per_iteration"] for p in pairs)
+                for side in ("ours", "reference")
+            },
+        }
+        write_json(args.out, out)
+        return out
+
     try:
         for i in range(args.pairs):
             times: dict[str, dict[int, dict]] = {"ours": {}, "reference": {}}
@@ -191,42 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             }
             pairs.append(pair)
             print(f"pair {i + 1}: ours / reference = {pair['ratio_wall']:.3f} (wall)", flush=True)
+            report()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    loops = args.loops or (10, 50)
-    out = {
-        "benchmark": "dc seconds per outer iteration, whole processes: ours vs the official code",
-        "command": command,
-        "reference": reference,
-        "official_patches": patches,
-        "settings": {
-            "dataset": "mnist-subset",
-            "train_images": train_images,
-            "ipc": IPC,
-            "batch_real_per_class": args.batch_real,
-            "init": "real",
-            "dsa": False,
-            "model": "ConvNet-128-3, instance norm (official: 28x28 input padded to 32x32)",
-            "outer_loop": loops[0],
-            "inner_loop": loops[1],
-            "official_loops": args.loops is None,
-            "counts": list(counts),
-            "pairs": args.pairs,
-            "interleaved": "ours, reference per count, one process at a time",
-            "device": "cpu",
-        },
-        "machine": machine(),
-        "runs": runs,
-        "pairs": pairs,
-        "median_ratio_wall": statistics.median(p["ratio_wall"] for p in pairs),
-        "median_ratio_cpu": statistics.median(p["ratio_cpu"] for p in pairs),
-        "median_s_per_iteration": {
-            side: statistics.median(p[side]["wall_s_per_iteration"] for p in pairs)
-            for side in ("ours", "reference")
-        },
-    }
-    write_json(args.out, out)
+    out = report()
     print(f"\ncommand: {command}")
     print(
         f"median ours / reference: {out['median_ratio_wall']:.3f} wall, "

@@ -558,6 +558,12 @@ def dc_speed_table() -> str:
         f"**Measured on a shared machine** (1-min load {min(loads):.1f}–{max(loads):.1f} on "
         f"{m.get('cpus')} cores before the runs).",
     ]
+    if any(p[k]["wall_s_per_iteration"] <= 0 for p in d["pairs"] for k in ("ours", "reference")):
+        lines.append(
+            "A wall difference below zero means start-up and load varied more than the "
+            "iterations cost: the wall ratio is noise there; the CPU ratio counts the official "
+            "run's OpenMP spin-waiting as work, so it can flatter ours."
+        )
     return "\n".join(lines)
 
 
