@@ -561,7 +561,7 @@ def dc_speed_table() -> str:
     if any(p[k]["wall_s_per_iteration"] <= 0 for p in d["pairs"] for k in ("ours", "reference")):
         lines.append(
             "A wall difference below zero means start-up and load varied more than the "
-            "iterations cost: the wall ratio is noise there; the CPU ratio counts the official "
+            "iterations cost: the wall ratio is noise there; the CPU ratio may count the official "
             "run's OpenMP spin-waiting as work, so it can flatter ours."
         )
     return "\n".join(lines)
