@@ -57,3 +57,12 @@ def test_a_batch_of_one_example_contributes_its_clipped_gradient(digits_train):
     got = private_gradient(model, x, y, clip=1e-3, noise_multiplier=0.0, expected_batch=2.0)
     norm = torch.cat([g.flatten() for g in got]).norm()
     assert float(norm) == pytest.approx(1e-3 / 2.0, rel=1e-3)  # clipped to C, over the batch
+
+
+def test_a_ledger_with_another_given_sigma_is_refused_and_its_own_accepted():
+    base = {"epsilon": 5.0, "public_size": 500, "batch_real": 50, "iterations": 2}
+    config = PSGConfig(noise_multiplier=1.5, **base)
+    ledger = plan_ledger(config)
+    _check_ledger(ledger, config)
+    with pytest.raises(PrivacyBudgetExceeded, match="noise_multiplier"):
+        _check_ledger(ledger, PSGConfig(noise_multiplier=2.0, **base))
