@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dm-iterations", type=int, default=200, help="DM iterations")
     ap.add_argument("--trigger-steps", type=int, default=1000, help="Adam steps per update (max)")
     ap.add_argument("--alpha", type=float, default=10.0)
-    ap.add_argument("--width", type=int, default=64, help="ConvNet width (reference: 128)")
+    ap.add_argument("--width", type=int, default=32, help="ConvNet width (reference: 128)")
     ap.add_argument("--eval-epochs", type=int, default=300, help="reference DC: 300")
     ap.add_argument("--models", type=int, default=3)
     ap.add_argument("--clamp", action="store_true", help="keep the trigger a valid image")
