@@ -66,3 +66,24 @@ def test_a_ledger_with_another_given_sigma_is_refused_and_its_own_accepted():
     _check_ledger(ledger, config)
     with pytest.raises(PrivacyBudgetExceeded, match="noise_multiplier"):
         _check_ledger(ledger, PSGConfig(noise_multiplier=2.0, **base))
+
+
+def test_a_private_step_draws_its_noise_from_the_generator_it_is_given(digits_train):
+    from fedistill.privacy import noise_generator
+
+    torch.manual_seed(0)
+    model = build_model("convnet", digits_train.info, width=8)
+    x, y = digits_train.images[:4], digits_train.labels[:4]
+    kw = {"clip": 0.1, "noise_multiplier": 1.0, "expected_batch": 4.0}
+    a = private_gradient(model, x, y, generator=noise_generator(7, secure=False), **kw)
+    b = private_gradient(model, x, y, generator=noise_generator(7, secure=False), **kw)
+    assert all(torch.equal(s, t) for s, t in zip(a, b, strict=True))  # replayed exactly
+
+
+def test_a_ledger_whose_count_spent_another_share_is_refused():
+    base = {"epsilon": 5.0, "batch_real": 50, "iterations": 2}
+    config = PSGConfig(count_share=0.05, **base)
+    ledger = plan_ledger(config, 500)
+    _check_ledger(ledger, config)
+    with pytest.raises(PrivacyBudgetExceeded, match="count_share"):
+        _check_ledger(ledger, PSGConfig(count_share=0.2, **base))
