@@ -35,6 +35,7 @@ from fedistill.data import DatasetInfo, LabeledImages
 from fedistill.distill import distill
 from fedistill.errors import ConfigError
 from fedistill.evaluate import EvalConfig, accuracy, predict, train_classifier
+from fedistill.factorised import decode
 from fedistill.models import build_model
 from fedistill.synthetic import SyntheticSet
 
@@ -209,7 +210,7 @@ def naive_backdoor(
         progress=progress,
         **(method_overrides or {}),
     )
-    return syn, trigger, idx
+    return decode(syn), trigger, idx  # a factorised set: what it decodes to
 
 
 # --------------------------------------------------------------------------- experiments
@@ -304,8 +305,8 @@ def run_backdoor(
     )
     if baseline:
         if kind == "naive":
-            clean = distill(
-                method, train, ipc, seed=seed, device=device, **(method_overrides or {})
+            clean = decode(
+                distill(method, train, ipc, seed=seed, device=device, **(method_overrides or {}))
             )
         else:
             clean = doorping(

@@ -52,6 +52,7 @@ from attacks.targets import PipelineConfig, random_half
 from fedistill.data import LabeledImages
 from fedistill.distill import distill
 from fedistill.errors import ConfigError
+from fedistill.factorised import decode
 from fedistill.models import build_model
 from fedistill.synthetic import SyntheticSet
 
@@ -263,7 +264,7 @@ def _distil(
     syn = distill(
         cfg.method, data, cfg.ipc, seed=seed, device=device, record=record, **cfg.method_options
     )
-    return syn, record.get("exposed")
+    return decode(syn), record.get("exposed")  # a factorised set: the images it decodes to
 
 
 def run_set_mia(

@@ -37,6 +37,7 @@ from fedistill.data import LabeledImages
 from fedistill.distill import distill, get_method
 from fedistill.errors import ConfigError
 from fedistill.evaluate import EvalConfig, train_classifier
+from fedistill.factorised import decode
 from fedistill.models import build_model
 from fedistill.synthetic import SyntheticSet
 
@@ -152,7 +153,8 @@ def train_pipeline(
             record=record,
             **cfg.method_options,
         )
-        images, labels = syn.images, syn.labels
+        plain = decode(syn)  # a factorised set (IDC, HaBa) trains on what it decodes to
+        images, labels = plain.images, plain.labels
         label_kind = syn.meta.get("label_kind", "hard")
         iterations = int(syn.meta.get("iterations", 0))
     ecfg = cfg.eval_config()

@@ -134,3 +134,21 @@ def test_attacked_utility_is_measured_on_the_attacked_sets(digits_train, digits_
     full = attacked_utility(t, digits_test, full_data=digits_train)
     assert full["full_data"]["source_examples"] == len(digits_train)
     assert attacked_utility(t, digits_test)["full_data"] is None
+
+
+def test_a_factorised_sets_target_trains_on_the_images_it_decodes_to(digits_train):
+    """IDC stores f² sub-images per image: the attacked model trains on the decoded set (4× the
+    stored images at f = 2), and the set kept for the set-level attack is what was uploaded."""
+    cfg = PipelineConfig(
+        method="idc",
+        ipc=1,
+        method_options={"iterations": 2, "batch_real": 8, "width": 8},
+        model="mlp",
+        epochs=2,
+        dsa=False,
+    )
+    record: dict = {}
+    _, syn, budget = train_pipeline(cfg, digits_train, seed=0, record=record)
+    assert syn.meta["decoder"] == "multi-formation" and len(syn) == 10
+    assert budget["train_examples"] == 4 * len(syn)
+    assert len(record["exposed"]) == 4 * len(syn)  # the mix init: f² real images per tile
