@@ -1,6 +1,7 @@
 """DOORPING's mechanics: neuron selection, the activation-raising trigger update, the update
-inside DM's and DC's outer loops, the controls. Whether DOORPING beats its controls by the
-issue's margin is an accuracy target: ``experiments/bench_doorping.py``."""
+inside DM's and DC's outer loops, the controls; and, at a small budget, that the optimised
+trigger beats its random-trigger control and NAIVE by the issue's margin (the benchmark at
+the full budget: ``experiments/bench_doorping.py``)."""
 
 from __future__ import annotations
 
@@ -132,3 +133,43 @@ def test_run_backdoor_reports_doorping_beside_its_controls(digits_train, digits_
     # NAIVE in the same loop is the white patch of the same geometry
     assert out["naive"]["trigger"]["rows"] == out["trigger"]["rows"]
     assert out["random_trigger"]["trigger"]["values"] == out["initial_trigger"]["values"]
+
+
+@pytest.mark.slow  # ~65 s at load 10 on 2 cores
+def test_doorping_beats_a_random_trigger_and_naive_at_the_same_poison_rate(
+    digits_train, digits_test
+):
+    """The issue's target at a stated small budget: digits, IPC 10, p = 0.01 (12 poisoned
+    images), DM loop of 60 iterations (one trigger update each, ≤ 1000 Adam steps), ConvNet-32
+    without norm, 2 final models × 100 epochs. Measured here: DOORPING 100 %, random trigger
+    0 %, NAIVE 0 %, clean pipeline 0 % (1 model). The trigger is unclamped, as in the reference
+    code: its values leave the pixel range (checked below) — the published attack, not a
+    physically valid patch; ``clamp=True`` keeps it valid."""
+    net = {"width": 32, "norm": "none"}
+    cfg = DoorpingConfig(loop="dm", epochs=1, dm_iterations=60, model_kwargs=net)
+    ecfg = EvalConfig(
+        epochs=100,
+        num_models=2,
+        lr=0.01,
+        batch_size=256,
+        dsa=False,
+        model_kwargs=net | {"depth": 2},
+    )
+    out = run_backdoor(
+        digits_train,
+        digits_test,
+        kind="doorping",
+        ipc=10,
+        p=0.01,
+        target=0,
+        eval_cfg=ecfg,
+        doorping_config=cfg,
+        controls=True,
+    )
+    asr = out["attacked"]["asr"]
+    assert asr >= out["random_trigger"]["asr"] + 0.20, out
+    assert asr >= out["naive"]["asr"] + 0.20, out
+    assert out["baseline"]["asr"] < 0.2  # the clean pipeline does not carry the trigger
+    lo, hi = pixel_range(digits_train.info)
+    values = torch.tensor(out["trigger"]["values"])
+    assert values.min() < lo or values.max() > hi  # unclamped: outside the valid pixels
