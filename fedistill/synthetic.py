@@ -176,6 +176,9 @@ class SyntheticSet:
         if any(s.meta.get("decoder") is not None for s in sets):
             raise SyntheticSetError("decode factorised sets (fedistill.factorised.decode) to pool")
         k = sets[0].num_classes
+        if any(s.num_classes != k for s in sets):
+            found = sorted({s.num_classes for s in sets})
+            raise SyntheticSetError(f"cannot pool sets of different class counts {found}")
         soft = any(s.labels.is_floating_point() for s in sets)
         labels = [
             (

@@ -163,6 +163,7 @@ def test_small_images_distil_with_two_blocks():
     assert psg_module.resolve_depth(4, 8) == 4
 
 
+@pytest.mark.slow  # 243-303 s at load 12, ~1 min quiet: the fast loop's largest cost
 def test_psg_beats_chance_on_digits(digits_train, digits_test):
     syn = distill(
         "psg",

@@ -162,3 +162,12 @@ def test_concat_pools_hard_and_soft():
     pooled = SyntheticSet.concat([a, b])
     assert len(pooled) == 12 and pooled.labels.shape == (12, 3)
     assert torch.equal(pooled.labels[:6].argmax(1), a.labels)
+
+
+def test_concat_refuses_sets_of_different_class_counts():
+    """A set of 3 classes pooled with one of 4 would keep the first's class count silently (a
+    mutant-testing find): it is refused."""
+    a = make()
+    b = SyntheticSet(torch.zeros(2, 1, 4, 4), torch.tensor([0, 3]), META | {"num_classes": 4})
+    with pytest.raises(SyntheticSetError, match=r"different class counts \[3, 4\]"):
+        SyntheticSet.concat([a, b])
