@@ -50,16 +50,18 @@ def _missing(script: str) -> str:
     return f"_Not yet measured: run `python experiments/{script}`._"
 
 
-def distill_table() -> str:
-    d = _load("bench_distill.json")
+def distill_table(
+    name: str = "bench_distill.json", title: str = "Distillation on the MNIST subset (CPU)"
+) -> str:
+    d = _load(name)
     if not d:
         return _missing("bench_distill.py")
     rows = [r for r in d["results"] if "error" not in r]
     ev = rows[0] if rows else {}
     lines = [
-        "### Distillation on the MNIST subset (CPU)",
+        f"### {title}",
         "",
-        f"{_made_by(d, 'bench_distill.json')} "
+        f"{_made_by(d, name)} "
         f"({d['machine']['date']}, {command_option(d['command'], 'jobs', 1)} run(s) at once, "
         f"{command_option(d['command'], 'threads', 2)} thread(s) each)",
         "",
@@ -77,9 +79,10 @@ def distill_table() -> str:
             f"{r['peak_rss_mib']:.0f} |"
         )
     acc = {(r["method"], r["ipc"]): r["accuracy_mean"] for r in rows}
+    methods = dict.fromkeys(r["method"] for r in rows if r["method"] != "random")
     gains = [
-        f"{m.upper()} IPC {ipc} {100 * (acc[(m, ipc)] - acc[('random', ipc)]):+.1f}"
-        for m in ("dm", "dc", "dsa")
+        f"{m} IPC {ipc} {100 * (acc[(m, ipc)] - acc[('random', ipc)]):+.1f}"
+        for m in methods
         for ipc in (1, 10)
         if (m, ipc) in acc and ("random", ipc) in acc
     ]
@@ -91,6 +94,13 @@ def distill_table() -> str:
         f"{ev.get('eval_models', '?')} models, DSA augmentation, 997 test images. Papers (full "
         "MNIST, GPU, 1,000–20,000 iterations): DC 91.7 / 97.4, DSA 88.7 / 97.8 at IPC 1 / 10.",
     ]
+    load = d["machine"].get("load_average_1m")
+    if isinstance(load, int | float) and load > 2.5:
+        lines += [
+            "",
+            f"_The 2 cores were shared with other work (1-minute load {load:.1f} when the JSON "
+            "was written): the seconds are inflated; the accuracies are not affected._",
+        ]
     return "\n".join(lines)
 
 
@@ -609,17 +619,34 @@ def robustness_table() -> str:
             )
     doorping = _load("bench_doorping.json")
     if doorping:
-        r = doorping["results"]
+        b = doorping["budget"]
         lines += [
             "",
-            f"DOORPING (published trigger update, {doorping['budget']['trigger_updates']} updates, "
-            f"p = {doorping['budget']['p']}, {doorping['dataset']}; "
-            f"{_made_by(doorping, 'bench_doorping.json')}): ASR "
-            f"{_rate(r['attacked']['asr'])} ± {_rate(r['attacked']['asr_std'])} % against its "
-            f"random-trigger control {_rate(r['random_trigger']['asr'])} % and NAIVE "
-            f"{_rate(r['naive']['asr'])} % at the same p (clean pipeline "
-            f"{_rate((r.get('baseline') or {}).get('asr'))} %): the target (20 points over the "
-            f"control, above NAIVE) is {'met' if doorping['target_met'] else '**not met**'}.",
+            f"DOORPING (the published trigger update inside the distillation loop; "
+            f"{doorping['dataset']}, IPC {b['ipc']}, p = {b['p']}, {b['models']} final models, "
+            f"trigger {'clamped to valid pixels' if b['clamp'] else 'unclamped, as in the reference code'}; "
+            f"{_made_by(doorping, 'bench_doorping.json')}):",
+            "",
+            "| loop | trigger updates | DOORPING ASR % | random trigger % | NAIVE % | clean pipeline % "
+            "| clean accuracy % (DOORPING / random trigger) | target met |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for loop, run in doorping["runs"].items():
+            r = run["results"]
+            lines.append(
+                f"| {loop} | {run['trigger_updates']} | {_rate(r['attacked']['asr'])} ± "
+                f"{_rate(r['attacked']['asr_std'])} | {_rate(r['random_trigger']['asr'])} | "
+                f"{_rate(r['naive']['asr'])} | {_rate((r.get('baseline') or {}).get('asr'))} | "
+                f"{_rate(r['attacked']['clean_accuracy'])} / "
+                f"{_rate(r['random_trigger']['clean_accuracy'])} | "
+                f"{'yes' if run['target_met'] else '**no**'} |"
+            )
+        lines += [
+            "",
+            "Target: 20 points over the random-trigger control and above NAIVE at the same p. "
+            "Unclamped, the optimised trigger leaves the pixel range (normalised values in the "
+            "thousands), which is what buys its ASR here; in the MNIST attack matrix below "
+            "(p 0.1, instance-norm ConvNet, MLP final models) DOORPING stays below NAIVE.",
         ]
     return "\n".join(lines) + _plots(".", [("robustness.png", "detection, FRR and damage curves")])
 
@@ -627,6 +654,10 @@ def robustness_table() -> str:
 TABLES: dict[str, Callable[[], str]] = {
     "quickstart-output": quickstart_output,
     "distill": distill_table,
+    "distill-more": lambda: distill_table(
+        "bench_distill_issue14_reduced.json",
+        "Coresets and factorised sets on the MNIST subset, at a reduced budget (CPU)",
+    ),
     "dm-speed": dm_speed_table,
     "eval-speed": eval_speed_table,
     "dc-speed": dc_speed_table,
