@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_synthetic import META  # the smallest valid provenance, shared with the unit tests
 
 from fedistill import factorised
 from fedistill.errors import SyntheticSetError
@@ -23,17 +24,6 @@ from fedistill.synthetic import SyntheticSet
 # changed constant and prove nothing about it
 MAX_HEADER_BYTES = 1 << 20  # 1 MiB of JSON header
 MAX_FILE_BYTES = 1 << 31  # 2 GiB of file
-
-META = {
-    "dataset": "digits",
-    "mean": [0.3],
-    "std": [0.4],
-    "method": "random",
-    "ipc": 2,
-    "seed": 0,
-    "iterations": 0,
-    "num_classes": 3,
-}
 
 
 def _set(n: int = 2, **meta) -> SyntheticSet:
