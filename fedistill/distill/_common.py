@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fedistill.data import LabeledImages
 from fedistill.errors import ConfigError
@@ -128,3 +128,20 @@ def make_set(
         meta["label_kind"] = "soft"
     meta.update(extra or {})
     return SyntheticSet(images.detach().cpu(), labels.detach().cpu(), meta)
+
+
+def class_batch(by_class: Tensor, n: int, gen: torch.Generator) -> Tensor:
+    """Indices of up to ``n`` distinct images of one class (all of a smaller class)."""
+    return by_class[torch.randperm(len(by_class), generator=gen)[:n]]
+
+
+def new_seed(gen: torch.Generator) -> int:
+    """A fresh seed drawn from ``gen`` (e.g. for one DSA draw)."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+
+
+def frozen(net: nn.Module) -> nn.Module:
+    """``net`` with every parameter's ``requires_grad`` off (a fixed embedding network)."""
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net

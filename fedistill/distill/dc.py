@@ -85,7 +85,15 @@ from torch import Tensor, nn
 from fedistill.augment import DSA, default_strategy, parse_strategy
 from fedistill.data import LabeledImages
 from fedistill.distill import register
-from fedistill.distill._common import INITS, init_images, make_set, present_classes, seeded
+from fedistill.distill._common import (
+    INITS,
+    class_batch,
+    init_images,
+    make_set,
+    new_seed,
+    present_classes,
+    seeded,
+)
 from fedistill.distill._fast_convnet import single_threaded
 from fedistill.errors import ConfigError
 from fedistill.models import MODELS, NORMS, ConvNet, build_model
@@ -415,15 +423,6 @@ def synthetic_gradient(
     return torch.autograd.grad(soft_cross_entropy(net(x), target), params, create_graph=True)
 
 
-def _class_batch(by_class: Tensor, n: int, gen: torch.Generator) -> Tensor:
-    """Indices of up to ``n`` distinct images of one class (all of a smaller class)."""
-    return by_class[torch.randperm(len(by_class), generator=gen)[:n]]
-
-
-def _new_seed(gen: torch.Generator) -> int:
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-
-
 def matching_loss(
     net: nn.Module,
     real: LabeledImages,
@@ -445,10 +444,10 @@ def matching_loss(
     by_class = real.class_indices()
     real_grads, syn_batches = [], []
     for j, c in enumerate(classes):
-        xr = real.images[_class_batch(by_class[c], batch_real, gen)].to(x_syn.device)
+        xr = real.images[class_batch(by_class[c], batch_real, gen)].to(x_syn.device)
         xs = x_syn[j * ipc : (j + 1) * ipc]
         if augment is not None:  # siamese: the same draw for the real and the synthetic batch
-            s = _new_seed(gen)
+            s = new_seed(gen)
             xr, xs = augment(xr, seed=s), augment(xs, seed=s)
         yr = torch.full((len(xr),), c, dtype=torch.long, device=xr.device)
         real_grads.append(grads.start(net, params, xr, yr))
@@ -500,7 +499,7 @@ def _freeze_batchnorm(
     if not bns:
         return
     by_class = real.class_indices()
-    idx = torch.cat([_class_batch(by_class[c], 16, gen) for c in classes])
+    idx = torch.cat([class_batch(by_class[c], 16, gen) for c in classes])
     net.train()
     with torch.no_grad():
         net(real.images[idx].to(device))

@@ -63,6 +63,7 @@ from fedistill.data import DatasetInfo, LabeledImages
 from fedistill.distill import register
 from fedistill.distill._common import (
     INITS,
+    frozen,
     init_images,
     make_set,
     present_classes,
@@ -235,12 +236,6 @@ def dm_loss(
     return synthetic_loss(target, x_syn, num_classes, augment)
 
 
-def _frozen(net: nn.Module) -> nn.Module:
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
-
-
 def _perturbed(base: nn.Module, std: float, gen: torch.Generator) -> nn.Module:
     """A copy of ``base`` with N(0, std²) added to every parameter (``base`` itself if 0)."""
     if std == 0:
@@ -291,7 +286,7 @@ class DMLoop:
         self.left -= 1
         cfg, real = self.config, self.real
         if self.base is None:  # a fresh random network, from torch's (seeded) global RNG
-            net = _frozen(build_model(cfg.model, real.info, **cfg.model_kwargs(real.info)))
+            net = frozen(build_model(cfg.model, real.info, **cfg.model_kwargs(real.info)))
             net = net.to(self.syn.device).train()
         else:
             net = _perturbed(self.base, cfg.model_perturbation, self.gen)
@@ -351,7 +346,7 @@ def distill_dm(
     if model is not None:
         if not hasattr(model, "embed"):
             raise ConfigError("dm needs a model with an embed(x) method")
-        base = _frozen(copy.deepcopy(model).to(device).eval())
+        base = frozen(copy.deepcopy(model).to(device).eval())
     else:
         base = None
 

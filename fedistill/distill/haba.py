@@ -43,9 +43,16 @@ from torch import Tensor, nn
 from fedistill.augment import DSA, default_strategy, parse_strategy
 from fedistill.data import LabeledImages
 from fedistill.distill import register
-from fedistill.distill._common import INITS, init_images, make_set, present_classes, seeded
+from fedistill.distill._common import (
+    INITS,
+    frozen,
+    init_images,
+    make_set,
+    present_classes,
+    seeded,
+)
 from fedistill.distill._fast_convnet import single_threaded
-from fedistill.distill.dm import DMConfig, DMLoop, _frozen, synthetic_loss
+from fedistill.distill.dm import DMConfig, DMLoop, synthetic_loss
 from fedistill.errors import ConfigError
 from fedistill.factorised import (
     HABA,
@@ -219,7 +226,7 @@ def distill_haba(
     if model is not None:
         if not hasattr(model, "embed"):
             raise ConfigError("haba needs a model with an embed(x) method")
-        base = _frozen(copy.deepcopy(model).to(device).eval())
+        base = frozen(copy.deepcopy(model).to(device).eval())
     k = len(present_classes(real))
     matches: list[float] = []
     divs: list[float] = []

@@ -49,16 +49,22 @@ from torch import Tensor, nn
 from fedistill.augment import DSA, default_strategy, parse_strategy
 from fedistill.data import LabeledImages
 from fedistill.distill import register
-from fedistill.distill._common import make_set, present_classes, record_exposed, seeded
+from fedistill.distill._common import (
+    class_batch,
+    frozen,
+    make_set,
+    new_seed,
+    present_classes,
+    record_exposed,
+    seeded,
+)
 from fedistill.distill._fast_convnet import single_threaded
 from fedistill.distill.dc import (
     ChunkedGradients,
-    _class_batch,
-    _new_seed,
     synthetic_gradient,
     train_on_synthetic,
 )
-from fedistill.distill.dm import DMConfig, DMLoop, _frozen, synthetic_loss
+from fedistill.distill.dm import DMConfig, DMLoop, synthetic_loss
 from fedistill.errors import ConfigError
 from fedistill.factorised import MAX_FACTOR, MULTI_FORMATION, downsample, multi_formation, pack
 from fedistill.models import NORMS, build_model
@@ -255,14 +261,14 @@ def _idc_dc_loop(
             total = 0.0
             for _t in range(config.inner_loop):
                 for j, c in enumerate(classes):
-                    xr = real.images[_class_batch(by_class[c], config.real_batch(), gen)]
+                    xr = real.images[class_batch(by_class[c], config.real_batch(), gen)]
                     xr = xr.to(syn.device)
                     xs = multi_formation(syn[j * ipc : (j + 1) * ipc], config.factor)
                     if len(xs) > config.batch_syn_max:  # IDC's random subsample of D(S)_c
                         keep = torch.randperm(ipc * f2, generator=gen)[: config.batch_syn_max]
                         xs = xs[keep.to(syn.device)]
                     if augment is not None:
-                        s = _new_seed(gen)
+                        s = new_seed(gen)
                         xr, xs = augment(xr, seed=s), augment(xs, seed=s)
                     yr = torch.full((len(xr),), c, dtype=torch.long, device=xr.device)
                     ys = torch.full((len(xs),), c, dtype=torch.long, device=xr.device)
@@ -347,7 +353,7 @@ def distill_idc(
             if model is not None:
                 if not hasattr(model, "embed"):
                     raise ConfigError("idc needs a model with an embed(x) method")
-                base = _frozen(copy.deepcopy(model).to(device).eval())
+                base = frozen(copy.deepcopy(model).to(device).eval())
             workers = torch.get_num_threads()
             with single_threaded():
                 loop = DecodedDMLoop(
