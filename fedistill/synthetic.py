@@ -149,15 +149,26 @@ class SyntheticSet:
 
     # ------------------------------------------------------------------ arrays (Flower transport)
     def to_arrays(self) -> dict[str, np.ndarray]:
-        if self.extras:
-            raise SyntheticSetError("a set with extra tensors (haba) travels as a file, not arrays")
-        return {"x": self.images.numpy(), "y": self.labels.numpy()}
+        """The arrays a client uploads: ``x`` (images), ``y`` (labels) and a factorised set's
+        extra tensors under their own names (``haba.*``)."""
+        out = {"x": self.images.numpy(), "y": self.labels.numpy()}
+        return out | {k: v.numpy() for k, v in self.extras.items()}
 
     @classmethod
-    def from_arrays(cls, x: np.ndarray, y: np.ndarray, meta: dict[str, Any]) -> SyntheticSet:
-        """Build from untrusted arrays (validated like a file)."""
+    def from_arrays(
+        cls,
+        x: np.ndarray,
+        y: np.ndarray,
+        meta: dict[str, Any],
+        extras: dict[str, np.ndarray] | None = None,
+    ) -> SyntheticSet:
+        """Build from untrusted arrays (validated like a file; ``extras``: a factorised set's
+        decoder tensors, accepted only as its metadata declares them)."""
         if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
             raise SyntheticSetError("images and labels must be arrays")
+        extras = extras or {}
+        if any(not isinstance(v, np.ndarray) or v.dtype != np.float32 for v in extras.values()):
+            raise SyntheticSetError("extra tensors must be float32 arrays")
         if x.dtype != np.float32:
             raise SyntheticSetError(f"images must be float32, got {x.dtype}")
         if y.dtype not in (np.int64, np.float32):
@@ -166,6 +177,7 @@ class SyntheticSet:
             torch.from_numpy(np.ascontiguousarray(x)),
             torch.from_numpy(np.ascontiguousarray(y)),
             dict(meta),
+            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in extras.items()},
         )
 
     @staticmethod

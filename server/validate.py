@@ -2,7 +2,8 @@
 
 FedDM replies (a synthetic set) pass, in order:
 
-1. the records exist: ``"synthetic"`` holding exactly ``x`` and ``y``;
+1. the records exist: ``"synthetic"`` holding exactly ``x`` and ``y`` — and, for a HaBa set,
+   exactly the hallucinator arrays its provenance declares (names, float32, shapes);
 2. declared facts before any byte is decoded: numpy serialisation, dtypes (``x`` float32,
    ``y`` int64 or float32), shapes against the dataset (N×C×H×W, N or N×K labels, at most
    ``max_ipc`` × classes images), and the byte cap on the payload;
@@ -35,6 +36,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from fedistill.data import DatasetInfo
 from fedistill.errors import FedistillError
+from fedistill.factorised import extra_shapes
 from fedistill.federated import check_client_set
 from fedistill.synthetic import SyntheticSet
 from fedistill.wire import METRICS_KEY, PROVENANCE_KEY, SYNTHETIC_KEY
@@ -180,10 +182,21 @@ def decode_synthetic_reply(
         raise ReplyError(f"no '{SYNTHETIC_KEY}' array record in the reply")
     record = content.array_records[SYNTHETIC_KEY]
     extra = sorted(set(record.keys()) - {"x", "y"})
-    if extra:
+    want = _declared_extras(content, info) if extra else {}
+    if not want and extra:
         raise ReplyError(f"unexpected arrays {extra} in '{SYNTHETIC_KEY}'")
+    if sorted(want) != extra:
+        raise ReplyError(
+            f"arrays {extra} in '{SYNTHETIC_KEY}' are not the decoder's {sorted(want)}"
+        )
     ax, ay = _array(record, "x"), _array(record, "y")
-    size = len(ax.data) + len(ay.data)
+    extra_arrays = {name: _array(record, name) for name in extra}
+    for name, arr in extra_arrays.items():
+        if arr.dtype != "float32" or tuple(arr.shape) != want[name]:
+            raise ReplyError(
+                f"'{name}' is {arr.dtype}{tuple(arr.shape)}, expected float32{want[name]}"
+            )
+    size = len(ax.data) + len(ay.data) + sum(len(a.data) for a in extra_arrays.values())
     if size > max_bytes:
         raise ReplyError(f"payload of {size} bytes is over the {max_bytes} byte cap")
     if ax.dtype != "float32":
@@ -201,9 +214,10 @@ def decode_synthetic_reply(
         raise ReplyError(f"labels have shape {ys}, expected {want_y}")
     reply_metrics(content)  # refuse impossible client-reported figures before decoding
     x, y = _decode(ax, "x"), _decode(ay, "y")
+    extras = {name: _decode(arr, name) for name, arr in extra_arrays.items()}
     meta = _meta(content, info, y)
     try:
-        syn = SyntheticSet.from_arrays(x, y, meta)
+        syn = SyntheticSet.from_arrays(x, y, meta, extras)
     except FedistillError as exc:
         raise ReplyError(str(exc)) from None
     metrics = reply_metrics(content)
@@ -214,6 +228,16 @@ def decode_synthetic_reply(
         payload_bytes=record.count_bytes(),
         client_reported=client_reported(metrics, verified=("num_synthetic",)),
     )
+
+
+def _declared_extras(content: RecordDict, info: DatasetInfo) -> dict[str, tuple[int, ...]]:
+    """The extra arrays (name → shape) the reply's provenance declares: a HaBa set's
+    hallucinator weights; none for any other set."""
+    meta = _meta(content, info, np.zeros(0, np.int64))
+    try:
+        return extra_shapes(meta, info.shape[0])
+    except FedistillError as exc:
+        raise ReplyError(str(exc)) from None
 
 
 def _meta(content: RecordDict, info: DatasetInfo, y: np.ndarray) -> dict[str, Any]:

@@ -270,3 +270,68 @@ def test_update_accepted_and_checked(reference):
         )
     valid = validate_update_reply(update(reference), reference, arrays_key="arrays", max_bytes=CAP)
     assert valid.client_reported == ["num_examples"]
+
+
+def _haba_set(digits_train, h=2, c=4, k=3):
+    from fedistill import factorised
+    from fedistill.synthetic import SyntheticSet
+
+    torch.manual_seed(0)
+    info = digits_train.info
+    meta = {
+        "dataset": info.name,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "method": "haba",
+        "ipc": 1,
+        "seed": 0,
+        "iterations": 0,
+        "num_classes": info.num_classes,
+        "decoder": "haba",
+        "haba": {"hallucinators": h, "channels": c, "kernel": k},
+    }
+    shapes = factorised.extra_shapes(meta, info.shape[0])
+    extras = {n: torch.randn(s) * 0.1 for n, s in shapes.items()}
+    images = torch.randn(info.num_classes, *info.shape) * 0.3
+    return SyntheticSet(images, torch.arange(info.num_classes), meta, extras)
+
+
+def test_a_haba_set_travels_with_exactly_its_declared_hallucinators(digits_train):
+    """HaBa over Flower: the bases and the hallucinators' weights arrive bit for bit; the
+    server decodes them; a missing, extra, misshapen or undeclared weight array is refused."""
+    from fedistill.factorised import decode
+
+    syn = _haba_set(digits_train)
+    valid = check(reply(syn), digits_train.info, max_ipc=1)
+    assert set(valid.syn.extras) == set(syn.extras)
+    for name, tensor in syn.extras.items():
+        assert torch.equal(valid.syn.extras[name], tensor)
+    assert len(decode(valid.syn)) == 2 * len(syn)  # two hallucinators per base
+    assert valid.payload_bytes >= syn.nbytes()
+
+    def mutated(change):
+        content = reply(syn)
+        arrays = dict(content["synthetic"].items())
+        change(arrays)
+        content["synthetic"] = ArrayRecord(arrays)
+        return content
+
+    cases = [
+        (lambda a: a.pop("haba.scale"), "not the decoder's"),
+        (lambda a: a.update({"haba.extra": a["haba.scale"]}), "not the decoder's"),
+        (
+            lambda a: a.update({"haba.scale": Array(np.zeros((3, 4), np.float32))}),
+            r"'haba.scale' is float32\(3, 4\), expected float32\(2, 4\)",
+        ),
+        (
+            lambda a: a.update({"haba.scale": Array(np.zeros((2, 4), np.float64))}),
+            "expected float32",
+        ),
+    ]
+    for change, message in cases:
+        with pytest.raises(ReplyError, match=message):
+            check(mutated(change), digits_train.info, max_ipc=1)
+    plain = reply(syn)
+    plain["provenance"] = ConfigRecord({"json": json.dumps({"method": "random"})})
+    with pytest.raises(ReplyError, match="unexpected arrays"):
+        check(plain, digits_train.info, max_ipc=1)  # weights no decoder declares
