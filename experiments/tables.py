@@ -658,6 +658,10 @@ TABLES: dict[str, Callable[[], str]] = {
         "bench_distill_issue14_reduced.json",
         "Coresets and factorised sets on the MNIST subset, at a reduced budget (CPU)",
     ),
+    "distill-more-2": lambda: distill_table(
+        "bench_distill_issue14_more.json",
+        "k-center, IDC on DC and HaBa at the same reduced budget (CPU)",
+    ),
     "dm-speed": dm_speed_table,
     "eval-speed": eval_speed_table,
     "dc-speed": dc_speed_table,
