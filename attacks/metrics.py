@@ -197,7 +197,7 @@ def plot_roc(
         floors.append(min(fpr_resolution(roc.n_out), 1.0 / roc.n_in))
     floor = 0.5 * min(floors) if floors else 1e-3
     floor = min(floor, 1e-3)
-    for name, roc in rocs.items():
+    for i, (name, roc) in enumerate(rocs.items()):
         a = auc(roc)
         low = tpr_at_fpr(roc, 0.001)
         ax.plot(
@@ -206,6 +206,7 @@ def plot_roc(
             label=f"{name} (AUC {a:.3f}, TPR@0.1% {low:.3f})",
             drawstyle="steps-post",
             lw=1.2,
+            ls=("-", "-.", ":")[i // 10 % 3],  # the colours repeat after 10 curves
         )
     ax.plot([floor, 1], [floor, 1], ls="--", color="gray", lw=0.8)
     ax.set_xscale("log")

@@ -7,7 +7,7 @@ a member (Carlini, Feldman & Nasr, "No Free Lunch in 'Privacy for Free'", 2022).
 
     for every candidate x:  d(x) = min_{s ∈ S} dist(x, s)         score = −d(x)
 
-with two distances:
+with three distances:
 
 * ``"l2"``: Euclidean distance in the dataset's normalised pixel space;
 * ``"l2_shift"``: the same after undoing a per-class shift of the set. DM's updates move all
@@ -17,6 +17,15 @@ with two distances:
   subtracts it, and repeats (:func:`unshift`). On a copy (``random``) the shift is 0;
 * ``"embed"``: a perceptual distance, ``1 − cos`` between the features of a fixed, randomly
   initialised ConvNet (seeded, instance norm; the kind of network DM matches under).
+
+**Views** of a factorised set (IDC, HaBa: :mod:`fedistill.factorised`): the attack runs on
+the ``"decoded"`` images the set stands for (what a model trains on), and on the
+``"received"`` one — what actually travelled, at its stored resolution, without the library's
+decoder (:func:`received_view`): for multi-formation (IDC) the f×f tiles of every stored image,
+each with its stored image's label, against the candidates area-downsampled by f (what IDC's
+"mix" init writes into a tile); for HaBa the stored bases (the hallucinators' weights are no
+images) against the candidates as they are. An ordinary set is received as it decodes: one
+view.
 
 **Calibration** (optional, ``num_shadows > 0``): some candidates lie near *any* set (typical
 digits). Shadow pipelines distil random halves of the pool; per candidate, the distances to
@@ -35,6 +44,8 @@ members and the ``"exposed"`` members the method recorded, against the same non-
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import time
 import warnings
@@ -52,13 +63,22 @@ from attacks.targets import PipelineConfig, random_half
 from fedistill.data import LabeledImages
 from fedistill.distill import distill
 from fedistill.errors import ConfigError
-from fedistill.factorised import decode
+from fedistill.factorised import (
+    HABA,
+    MULTI_FORMATION,
+    decode,
+    decoded_count,
+    downsample,
+    is_factorised,
+    split,
+)
 from fedistill.models import build_model
 from fedistill.synthetic import SyntheticSet
 
 log = logging.getLogger(__name__)
 
 DISTANCES = ("l2", "l2_shift", "embed")
+VIEWS = ("decoded", "received")  # what a model trains on; what the server receives
 
 
 @dataclass
@@ -184,6 +204,54 @@ def unshift(
     return syn - shift
 
 
+# --------------------------------------------------------------------------- views
+
+
+def received_view(
+    syn: SyntheticSet, candidates: LabeledImages
+) -> tuple[SyntheticSet, LabeledImages] | None:
+    """What the server receives of a factorised ``syn``, as plain images beside the candidates
+    brought to the same form; ``None`` for an ordinary set (received as it decodes).
+
+    * multi-formation, factor f: the f×f tiles of every stored image (image-major, each with
+      its stored image's label) against the candidates area-downsampled by f, with a
+      :class:`~fedistill.data.DatasetInfo` of the tile size (the ``"embed"`` net's geometry);
+    * haba: the bases against the candidates as they are (the hallucinators are no images).
+    """
+    decoder = syn.meta.get("decoder")
+    if decoder is None:
+        return None
+    meta = copy.deepcopy(syn.meta)
+    for key in ("decoder", "factor", "haba"):
+        meta.pop(key, None)
+    meta["received_from"] = {"decoder": decoder, "stored_images": len(syn)}
+    if decoder == MULTI_FORMATION:
+        f = int(syn.meta["factor"])
+        tiles = split(syn.images, f)
+        info = candidates.info
+        tile_info = dataclasses.replace(info, height=info.height // f, width=info.width // f)
+        cands = LabeledImages(downsample(candidates.images, f), candidates.labels, tile_info)
+        return SyntheticSet(tiles, syn.labels.repeat_interleave(f * f, dim=0), meta), cands
+    if decoder == HABA:
+        return SyntheticSet(syn.images, syn.labels, meta), candidates
+    raise ConfigError(f"no received view for decoder {decoder!r}")
+
+
+def view_of(
+    syn: SyntheticSet, candidates: LabeledImages, view: str = "decoded"
+) -> tuple[SyntheticSet, LabeledImages]:
+    """The set and the candidates as ``view`` compares them: ``"decoded"`` (:func:`decode`;
+    candidates as they are) or ``"received"`` (:func:`received_view`; an ordinary set: the
+    decoded view)."""
+    if view not in VIEWS:
+        raise ConfigError(f"unknown view '{view}'; choose one of {VIEWS}")
+    if view == "received":
+        got = received_view(syn, candidates)
+        if got is not None:
+            return got
+    return decode(syn), candidates
+
+
 def calibrate(target_d: np.ndarray, shadow_d: np.ndarray, shadow_in: np.ndarray) -> np.ndarray:
     """Offline calibration: ``log μ_out(x) − log d(x)``, ``μ_out(x)`` the mean distance of
     ``x`` to the shadow sets (K×N) whose pipelines were not given ``x``.
@@ -206,24 +274,28 @@ def set_scores(
     candidates: LabeledImages,
     config: SetMIAConfig | None = None,
     *,
+    view: str = "decoded",
     shadow_sets: list[SyntheticSet] | None = None,
     shadow_in: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per distance, every candidate's membership score against ``syn`` (higher: member):
-    ``−d``, or calibrated on ``shadow_sets`` (``shadow_in``, K×N: who each was given)."""
+    """Per distance, every candidate's membership score against ``syn`` seen in ``view``
+    (:func:`view_of`; higher: member): ``−d``, or calibrated on ``shadow_sets`` seen the same
+    way (``shadow_in``, K×N: who each was given)."""
     config = config or SetMIAConfig()
     if shadow_sets is not None and (
         shadow_in is None or shadow_in.shape != (len(shadow_sets), len(candidates))
     ):
         raise ValueError("shadow_in must be K×N beside K shadow sets")
     kw = {"width": config.embed_width, "seed": config.embed_seed, "same_class": config.same_class}
+    seen, cands = view_of(syn, candidates, view)
+    shadows = [view_of(s, candidates, view) for s in shadow_sets or ()]
     out = {}
     for kind in config.distances:
-        d = set_distances(syn, candidates, kind, **kw)
+        d = set_distances(seen, cands, kind, **kw)
         if shadow_sets is None:
             out[kind] = -d
         else:
-            sd = np.stack([set_distances(s, candidates, kind, **kw) for s in shadow_sets])
+            sd = np.stack([set_distances(s, c, kind, **kw) for s, c in shadows])
             out[kind] = calibrate(d, sd, shadow_in)
     return out
 
@@ -235,20 +307,25 @@ def set_attack(
     exposed: np.ndarray | None = None,
     config: SetMIAConfig | None = None,
     *,
+    view: str = "decoded",
     shadow_sets: list[SyntheticSet] | None = None,
     shadow_in: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The set-level attack on one set, every distance, both populations.
+    """The set-level attack on one set seen in ``view`` (``"decoded"`` or ``"received"``:
+    :func:`view_of`), every distance, both populations.
 
     ``is_member``/``exposed`` are boolean masks over ``candidates``. With ``shadow_sets`` (and
     ``shadow_in``, K×N: which candidates each shadow pipeline was given) the scores are
     calibrated. Returns ``{distance: {"all": cell, "exposed": cell}}`` with the cells of
-    :func:`attacks.metrics.metrics_dict`, plus ``"calibrated"`` (bool) and ``"scores"``.
+    :func:`attacks.metrics.metrics_dict`, plus ``"view"``, ``"calibrated"`` (bool) and
+    ``"scores"``.
     """
     config = config or SetMIAConfig()
     config.validate()
-    scores = set_scores(syn, candidates, config, shadow_sets=shadow_sets, shadow_in=shadow_in)
-    out: dict[str, Any] = {"calibrated": shadow_sets is not None, "scores": scores}
+    scores = set_scores(
+        syn, candidates, config, view=view, shadow_sets=shadow_sets, shadow_in=shadow_in
+    )
+    out: dict[str, Any] = {"view": view, "calibrated": shadow_sets is not None, "scores": scores}
     for kind, score in scores.items():
         out[kind] = population_report(score, is_member, exposed, n_boot=config.n_boot)
     return out
@@ -264,7 +341,7 @@ def _distil(
     syn = distill(
         cfg.method, data, cfg.ipc, seed=seed, device=device, record=record, **cfg.method_options
     )
-    return decode(syn), record.get("exposed")  # a factorised set: the images it decodes to
+    return syn, record.get("exposed")  # as stored: a factorised set is seen in both views
 
 
 def run_set_mia(
@@ -284,14 +361,19 @@ def run_set_mia(
     (only the distillation runs, no model is trained); every candidate is scored against each
     target set and the trials of all targets are pooled (independent pipelines). With
     ``config.num_shadows`` shadow pipelines (each on a balanced half) the scores are
-    calibrated. The memorisation report is the first target's. ``plot``: a log-log ROC of
-    every distance on all members and on the exposed ones.
+    calibrated. A factorised set is attacked in both views (:func:`view_of`): ``"attacks"``
+    holds the decoded view, ``"received"`` the received one (``None`` for an ordinary set,
+    whose received view is the decoded one). The memorisation report is the first target's
+    (decoded images). ``plot``: a log-log ROC of every distance and view on all members and
+    on the exposed ones.
 
     Returns a JSON-ready dict: ``{"pipeline", "pool_size", "num_targets", "members",
     "exposed", "calibrated", "num_shadows", "attacks": {distance: {"all": cell, "exposed":
-    cell}}, "memorisation", "plot", "seconds"}`` — a cell has ``auc``, ``tpr_at_fpr`` (``"0.01"``,
+    cell}}, "received": same or None, "set_images": {"stored", "decoded", "received"},
+    "memorisation", "plot", "seconds"}`` — a cell has ``auc``, ``tpr_at_fpr`` (``"0.01"``,
     ``"0.001"``), ``ci95``, ``tpr_at_fpr_text``, ``fpr_resolution``, ``n_in``, ``n_out``;
-    ``members``/``exposed`` are totals over targets.
+    ``members``/``exposed`` are totals over targets; ``set_images`` counts the first target's
+    images in each form (``"received"``: ``None`` for an ordinary set).
     """
     config = config or SetMIAConfig()
     config.validate()
@@ -310,10 +392,11 @@ def run_set_mia(
             _distil(cfg, pool.subset(np.nonzero(k)[0]), seed * 100_003 + 1 + i, device)[0]
             for i, k in enumerate(keep)
         ]
-    scores: dict[str, list[np.ndarray]] = {k: [] for k in config.distances}
+    scores: dict[str, dict[str, list[np.ndarray]]] = {}  # view → distance → per target
     member_masks, exposed_masks = [], []
     recorded = True
     mem: dict[str, Any] = {}
+    sizes: dict[str, int | None] = {}
     for t in range(config.num_targets):
         members = random_half(n, rng)
         syn, local = _distil(cfg, pool.subset(members), seed * 100_003 + 50_000 + t, device)
@@ -324,32 +407,45 @@ def run_set_mia(
             recorded = False
         else:
             exposed[members[np.asarray(local, dtype=np.int64)]] = True
-        for k, v in set_scores(syn, pool, config, shadow_sets=shadow_sets, shadow_in=keep).items():
-            scores[k].append(v)
+        for view in VIEWS if is_factorised(syn) else VIEWS[:1]:
+            got = set_scores(syn, pool, config, view=view, shadow_sets=shadow_sets, shadow_in=keep)
+            for k, v in got.items():
+                scores.setdefault(view, {}).setdefault(k, []).append(v)
         member_masks.append(is_member)
         exposed_masks.append(exposed)
         if t == 0:
+            received = received_view(syn, pool)
+            sizes = {
+                "stored": len(syn),
+                "decoded": decoded_count(len(syn), syn.meta),
+                "received": None if received is None else len(received[0]),
+            }
             mem = memorisation_report(
-                syn,
+                decode(syn),
                 pool.subset(members),
                 percentile=config.memorisation_percentile,
                 png=memorisation_png,
             )
     truth = np.concatenate(member_masks)
     exp = np.concatenate(exposed_masks) if recorded else None
-    attacks = {
-        k: population_report(np.concatenate(v), truth, exp, n_boot=config.n_boot)
-        for k, v in scores.items()
+    reports = {
+        view: {
+            k: population_report(np.concatenate(v), truth, exp, n_boot=config.n_boot)
+            for k, v in by_distance.items()
+        }
+        for view, by_distance in scores.items()
     }
     plot_path = None
     if plot is not None:
         curves = {}
-        for k, v in scores.items():
-            flat = np.concatenate(v)
-            curves[f"set {k}"] = summarize(flat, truth)
-            if exp is not None and exp.any():
-                keep = exp | ~truth
-                curves[f"set {k} · exposed"] = summarize(flat[keep], exp[keep])
+        for view, by_distance in scores.items():
+            prefix = "set" if len(scores) == 1 else view  # a factorised set: both views
+            for k, v in by_distance.items():
+                flat = np.concatenate(v)
+                curves[f"{prefix} {k}"] = summarize(flat, truth)
+                if exp is not None and exp.any():
+                    sel = exp | ~truth
+                    curves[f"{prefix} {k} · exposed"] = summarize(flat[sel], exp[sel])
         plot_path = str(
             plot_roc(curves, plot, title=f"{cfg.label} · server's view · {n} candidates")
         )
@@ -361,7 +457,9 @@ def run_set_mia(
         "exposed": None if exp is None else int(exp.sum()),
         "calibrated": shadow_sets is not None,
         "num_shadows": config.num_shadows,
-        "attacks": attacks,
+        "attacks": reports["decoded"],
+        "received": reports.get("received"),
+        "set_images": sizes,
         "memorisation": mem,
         "plot": plot_path,
         "seconds": time.perf_counter() - t0,

@@ -212,7 +212,9 @@ class AttackCells:
     def mia_set(self, name: str) -> Cell:
         """The server's view: each candidate's distance to the nearest image of the set the
         pipeline released (no model), on all members and on the exposed ones, and the share of
-        synthetic images that sit within a real image's neighbourhood (memorisation)."""
+        synthetic images that sit within a real image's neighbourhood (memorisation). A
+        factorised set (IDC, HaBa) is attacked on its decoded images (``distances``) and as the
+        server receives it (``received_distances``: tiles or bases; ``None`` otherwise)."""
         from attacks.set_mia import SetMIAConfig, run_set_mia
 
         row, pcfg = self._pipeline(name)
@@ -235,6 +237,9 @@ class AttackCells:
         )
         summary = {
             "distances": {d: populations(cells) for d, cells in out["attacks"].items()},
+            "received_distances": None
+            if out["received"] is None
+            else {d: populations(cells) for d, cells in out["received"].items()},
             "memorisation_share": out["memorisation"].get("share_within"),
         }
         budget = {
@@ -244,6 +249,7 @@ class AttackCells:
             "exposed": out["exposed"],
             "calibrated": out["calibrated"],
             "num_shadows": out["num_shadows"],
+            "set_images": out["set_images"],
         }
         return Cell("ok", summary=summary, budget=budget, result=out)
 

@@ -77,9 +77,11 @@ def dp_audit_text(a: dict[str, Any]) -> str:
     return f"{lb:.2f} ≤ {claim_text} (ceiling {ceil:.2f}{acc_text})"
 
 
-def _best_set_distance(s: dict[str, Any]) -> str | None:
-    """The set-level distance that finds the most exposed (else all) members at 1% FPR."""
-    dists = s.get("distances") or {}
+def _best_set_distance(s: dict[str, Any], view: str = "distances") -> str | None:
+    """The set-level distance that finds the most exposed (else all) members at 1% FPR, on
+    the decoded images (``view="distances"``) or as received (``"received_distances"``: a
+    factorised set's tiles or bases; ``None`` for an ordinary set or an older report)."""
+    dists = s.get(view) or {}
 
     def key(d: str) -> float:
         pops = dists[d]
@@ -97,7 +99,11 @@ def _row_cells(report: dict[str, Any], name: str) -> list[str]:
         eps = f"— (KIP-ρ {u['rho']:g})"  # ρ is a privacy knob without an ε
     cells = [eps, _pct(u and u.get("accuracy"))]
     best = _best_set_distance(ms) if ms else None
-    cells.append(tpr_text(ms["distances"][best], "exposed", ci=False) if best else "—")
+    text = tpr_text(ms["distances"][best], "exposed", ci=False) if best else "—"
+    rbest = _best_set_distance(ms, "received_distances") if ms else None
+    if rbest:  # a factorised set: also as the server receives it
+        text += f" (received {tpr_text(ms['received_distances'][rbest], 'exposed', ci=False)})"
+    cells.append(text)
     if mia and "populations" in mia:
         lira = mia["populations"]["lira_online"]
         cells.append(f"{tpr_text(lira, 'exposed', ci=False)} · {tpr_text(lira, 'all', ci=False)}")
@@ -256,6 +262,9 @@ def leak_sentences(report: dict[str, Any]) -> list[str]:
                     f"no attack on the set tells {who} from non-members beyond chance (TPR "
                     f"{tpr_text(d, 'all')} at 1% FPR)"
                 )
+            from attacks.matrix.render_attacks import received_leak
+
+            parts += received_leak(ms)
         if mia and "populations" in mia:
             p = mia["populations"]
             mb = report["cells"][name]["mia"]["budget"]
@@ -524,7 +533,23 @@ def render_markdown(report: dict[str, Any]) -> str:
             *leak_sentences(report),
             "",
         ]
-    from attacks.matrix.render_attacks import defence_table
+    from attacks.matrix.render_attacks import defence_table, received_table
+
+    received = received_table(report)
+    if received:
+        lines += [
+            "#### The set as the server receives it: factorised sets",
+            "",
+            *received,
+            "",
+            "A factorised set travels as a code the library decodes: IDC's stored images hold "
+            "f×f tiles, HaBa's are bases beside hallucinator weights. *Decoded*: the attack on "
+            "the images a model trains on (the columns above); *received*: on what travelled, "
+            "without the decoder — every IDC tile against the candidates area-downsampled by f "
+            "(what IDC's real initialisation writes into a tile), HaBa's bases against the "
+            "candidates as they are.",
+            "",
+        ]
 
     defences = defence_table(report)
     if defences:

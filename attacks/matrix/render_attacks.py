@@ -1,12 +1,21 @@
 """report.md's poisoning-defence table (FedDM + robust filter beside FedAvg + robust
-aggregation) and its DOORPING paragraph; the rest of the report is :mod:`attacks.matrix.render`,
+aggregation), its DOORPING paragraph and the set-level attack on factorised sets as received;
+the rest of the report is :mod:`attacks.matrix.render`,
 which imports these where it uses them."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from attacks.matrix.render import _fmt, _pct, _pm, cell_summary
+from attacks.matrix.render import (
+    _best_set_distance,
+    _fmt,
+    _pct,
+    _pm,
+    _sure,
+    cell_summary,
+    tpr_text,
+)
 
 AGGREGATOR_SHORT = {"median": "median", "trimmed-mean": "trim", "multikrum": "krum"}
 FEDAVG_ATTACK_TEXT = {
@@ -80,3 +89,56 @@ def doorping_text(report: dict[str, Any], bd: dict[str, Any]) -> str:
         "same p: the random patch never updated and BadNets' white patch of the same geometry"
     )
     return head + (": " + "; ".join(parts) + "." if parts else ".")
+
+
+def received_table(report: dict[str, Any]) -> list[str]:
+    """Per factorised row and distance, the set-level attack on the decoded images beside the
+    one on the set as received (tiles or bases). Empty where no row has a received view
+    (ordinary sets, reports from before it)."""
+    lines = []
+    for row in report["rows"]:
+        ms = cell_summary(report, row["name"], "mia_set")
+        received = (ms or {}).get("received_distances")
+        if not received:
+            continue
+        sizes = report["cells"][row["name"]]["mia_set"]["budget"].get("set_images") or {}
+        shape = (
+            f" ({sizes['stored']} stored → {sizes['decoded']} decoded / {sizes['received']} "
+            "received)"
+            if sizes
+            else ""
+        )
+        for d, rec in received.items():
+            dec = ms["distances"].get(d, {})
+            lines.append(
+                f"| `{row['name']}`{shape} | `{d}` | {tpr_text(dec, 'exposed')} | "
+                f"{tpr_text(rec, 'exposed')} | {tpr_text(dec, 'all')} | {tpr_text(rec, 'all')} | "
+                f"{_fmt((dec.get('all') or {}).get('auc'))} | {_fmt(rec['all']['auc'])} |"
+            )
+            shape = ""
+    if not lines:
+        return []
+    return [
+        "| pipeline (images per target) | distance | decoded: TPR@1%FPR exposed | received: "
+        "TPR@1%FPR exposed | decoded: TPR@1%FPR all | received: TPR@1%FPR all | decoded AUC "
+        "all | received AUC all |",
+        "|---|---|---|---|---|---|---|---|",
+        *lines,
+    ]
+
+
+def received_leak(ms: dict[str, Any]) -> list[str]:
+    """The part of a row's leak sentence on its set as received (a factorised set's tiles or
+    bases, without the decoder); nothing for an ordinary set or a report from before it."""
+    best = _best_set_distance(ms, "received_distances")
+    if not best:
+        return []
+    d = ms["received_distances"][best]
+    pop = "exposed" if d.get("exposed") else "all"
+    if not _sure(d[pop]):
+        return [f"as received (before decoding) no better than chance ({tpr_text(d, 'all')})"]
+    who = "its exposed members" if pop == "exposed" else "its members"
+    return [
+        f"the set as received (the stored tiles or bases, before decoding) gives away {who} "
+        f"at TPR {tpr_text(d, pop)} (`{best}`)"
+    ]
