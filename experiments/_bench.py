@@ -36,7 +36,10 @@ def peak_rss_mib() -> float:
 def machine() -> dict[str, Any]:
     import torch
 
+    from fedistill.models import DEFAULT_GEOMETRY
+
     return {
+        "convnet_geometry": DEFAULT_GEOMETRY,  # how a ConvNet lays out 28-px images here
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -260,6 +260,63 @@ def federated_table() -> str:
     return "\n".join(lines) + _plots(".", plots)
 
 
+def _reach_text(reach: dict) -> str:
+    if reach["reached"]:
+        return f"{_mb(reach['bytes_up'])} (round {reach['round']})"
+    return f"> {_mb(reach['bytes_up_lower_bound'])} (not reached)"
+
+
+def federated_compare_table(name: str = "federated_idc/bench_federated.json") -> str:
+    """FedDM one-shot with a factorised method beside FedDM with DM: accuracy against bytes up,
+    and what FedAvg on the same partitions uploads to match each."""
+    d = _load(name)
+    if not d:
+        return _missing("bench_federated.py --compare-method idc")
+    b = d["budget"]
+    lines = [
+        f"### Federated, factorised sets: FedDM one-shot with {b['compare_method'].upper()} "
+        f"beside {b['method'].upper()} (CPU)",
+        "",
+        _made_by(d, name),
+        "",
+        f"Budget: {b['clients']} clients, Dirichlet α per row, the same partitions and seeds for "
+        f"every run; each FedDM client distills {b['iterations']} iterations"
+        + (f" ({b['batch_real']} real images per class per iteration)" if b["batch_real"] else "")
+        + f" and uploads once; the server trains ConvNet-{b['width'] or 128}-3 for "
+        f"{b['eval_epochs']} epochs on the pooled, decoded sets. FedAvg: local SGD on the real "
+        f"partitions, {b['fedavg_rounds']} rounds"
+        + (f", {b['local_epochs']} local epoch(s)" if b["local_epochs"] else "")
+        + ". IPC counts stored (uploaded) images per class present on a client; MB up counts "
+        "what travelled (the packed images for IDC). Accuracy on the 997 test images.",
+        "",
+        "| α | method | IPC | one-shot % | MB up | FedAvg MB to reach it | ratio | target ≥ 33× |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for key, s in d["summary"].items():
+        ratio = f"{'≥ ' if s['fedavg_bytes_ratio_is_lower_bound'] else ''}{s['fedavg_bytes_ratio']:.1f}×"
+        lines.append(
+            f"| {key} | {b['method']} | {b['ipc']} | {_pct(s['feddm_oneshot_accuracy'])} | "
+            f"{_mb(s['feddm_oneshot_bytes_up'])} | {_reach_text(s['fedavg_to_match_oneshot'])} | "
+            f"{ratio} | |"
+        )
+        for c in s.get("compare", []):
+            r = c["fedavg_bytes_ratio"]
+            lines.append(
+                f"| {key} | {b['compare_method']} | {c['ipc']} | {_pct(c['oneshot_accuracy'])} | "
+                f"{_mb(c['oneshot_bytes_up'])} | {_reach_text(c['fedavg_to_match_oneshot'])} | "
+                f"{'≥ ' if c['fedavg_bytes_ratio_is_lower_bound'] else ''}{r:.1f}× | "
+                f"{'yes' if r >= 33 else 'no'} |"
+            )
+        fedavg = d["alphas"][key]["fedavg"]["rounds"]
+        lines += [
+            "",
+            f"FedAvg at α = {key}, accuracy per round: "
+            + ", ".join(f"{r['round']}: {_pct(r['accuracy'])}" for r in fedavg)
+            + f" ({_mb(fedavg[0]['cum_bytes_up'])} MB up per round).",
+        ]
+    return "\n".join(lines) + _plots(name.rsplit("/", 1)[0], [("federated_bytes.png", "bytes")])
+
+
 def _kip_budget(bud: dict) -> str:
     kip = bud["kip"]
     if kip.get("kernel", "ntk") != "convnet":  # runs before the convnet kernel: FC NTK only
@@ -666,11 +723,44 @@ TABLES: dict[str, Callable[[], str]] = {
     "eval-speed": eval_speed_table,
     "dc-speed": dc_speed_table,
     "federated": federated_table,
+    "federated-idc": federated_compare_table,
     "privacy": privacy_table,
     "dp-audit": dp_audit_table,
     "robustness": robustness_table,
     "attacks": attacks_table,
 }
+
+
+# The tables whose ConvNets see 28-px images, and the results file each is rendered from.
+GEOMETRY_SOURCES = {
+    "distill": "bench_distill.json",
+    "distill-more": "bench_distill_issue14_reduced.json",
+    "distill-more-2": "bench_distill_issue14_more.json",
+    "dm-speed": "bench_dm_speed.json",
+    "dc-speed": "bench_dc_speed.json",
+    "federated": "bench_federated.json",
+    "federated-idc": "federated_idc/bench_federated.json",
+    "privacy": "bench_privacy.json",
+    "dp-audit": "bench_dp_audit.json",
+    "attacks": "attack_matrix/report.json",
+}
+
+
+def geometry_line(name: str) -> str | None:
+    """Which ConvNet geometry a table's results ran on (a file that does not record it predates
+    the reference default, so it ran on the compact one)."""
+    d = _load(name)
+    if not d:
+        return None
+    if (d.get("machine") or {}).get("convnet_geometry", "compact") == "reference":
+        return (
+            "_ConvNet geometry: reference (a 28-px image is laid out as the reference code's "
+            "32→16→8→4 maps, 2,048 features), the default._"
+        )
+    return (
+        "_ConvNet geometry: **compact** (28→14→7→3 maps, 1,152 features): measured before the "
+        "reference geometry became the default, not yet re-run on it._"
+    )
 
 
 def main() -> None:
@@ -681,6 +771,9 @@ def main() -> None:
     text = readme.read_text()
     for name, render in TABLES.items():
         body = render()
+        note = geometry_line(GEOMETRY_SOURCES[name]) if name in GEOMETRY_SOURCES else None
+        if note:
+            body += "\n\n" + note
         if args.print:
             print(body, end="\n\n")
             continue

@@ -27,6 +27,7 @@ from attacks.matrix.config import (
 )
 from attacks.matrix.plots import write_plots
 from attacks.matrix.render import render_markdown
+from fedistill.models import DEFAULT_GEOMETRY
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def machine_facts() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "load_average_1m_at_start": round(os.getloadavg()[0], 2),
         "git_commit": _git_commit(),
+        "convnet_geometry": DEFAULT_GEOMETRY,  # a report without it predates "reference"
     }
 
 
@@ -161,7 +163,8 @@ class MatrixRun(AttackCells):
 
     def kept(self, name: str, kind: str) -> dict[str, Any] | None:
         """The ``ok`` cell of the earlier report (``keep``) for this row and kind, when it was
-        measured under the same dataset, seed, budget, row pipeline and attack section, and
+        measured under the same dataset, seed, budget, row pipeline, attack section and ConvNet
+        geometry, and
         its kind is not to be rerun; else None."""
         old = self.keep
         if old is None or kind in self.rerun:
@@ -171,8 +174,10 @@ class MatrixRun(AttackCells):
             return None
         new_cfg, old_cfg = jsonable(self.report["config"]), old.get("config", {})
         section = CELL_SECTION.get(kind)
+        old_geometry = (old.get("machine") or {}).get("convnet_geometry", "compact")
         same = (
-            old.get("dataset") == jsonable(self.report["dataset"])
+            old_geometry == DEFAULT_GEOMETRY
+            and old.get("dataset") == jsonable(self.report["dataset"])
             and all(old_cfg.get(k) == new_cfg.get(k) for k in ("dataset", "seed", "budget"))
             and (section is None or _measured(old_cfg, section) == _measured(new_cfg, section))
             and next((r for r in old.get("rows", []) if r["name"] == name), None)

@@ -350,6 +350,12 @@ def test_cells_of_an_earlier_run_are_kept_only_under_the_same_settings(tmp_path,
     third = run_matrix(config_from_dict(changed), tmp_path / "c", keep=earlier)
     assert "kept_from" in third["cells"]["random"]["utility"]  # the budget did not change
     assert "kept_from" not in third["cells"]["random"]["backdoor"]  # its section did
+    # a report from before the reference ConvNet geometry (no "convnet_geometry") keeps nothing
+    compact = dict(
+        earlier, machine={k: v for k, v in earlier["machine"].items() if k != "convnet_geometry"}
+    )
+    fourth = run_matrix(config_from_dict(doc), tmp_path / "e", keep=compact)
+    assert not any("kept_from" in c for c in fourth["cells"]["random"].values())
     # the CLI: a report that is not JSON is one line and exit 2
     bad = tmp_path / "bad.json"
     bad.write_text("not json")

@@ -18,10 +18,12 @@ def test_models_adapt_to_channels_and_size(name, info):
 
 
 def test_convnet_feature_dims_follow_pooling():
-    assert ConvNet(1, 10, (28, 28)).feature_dim == 128 * 3 * 3
+    assert ConvNet(1, 10, (28, 28), geometry="compact").feature_dim == 128 * 3 * 3
+    assert ConvNet(1, 10, (28, 28)).feature_dim == 128 * 4 * 4  # the reference: as 32×32
     assert ConvNet(3, 10, (32, 32)).feature_dim == 128 * 4 * 4
     assert ConvNet(1, 10, (8, 8)).feature_dim == 128  # pooling stops at 1×1
-    assert ConvNet(1, 10, (28, 28), width=64, depth=2).feature_dim == 64 * 7 * 7
+    assert ConvNet(1, 10, (28, 28), width=64, depth=2, geometry="compact").feature_dim == 64 * 7 * 7
+    assert ConvNet(1, 10, (28, 28), width=64, depth=2).feature_dim == 64 * 8 * 8
 
 
 @pytest.mark.parametrize("norm", ["instance", "group", "batch", "none"])
@@ -109,8 +111,10 @@ def test_compact_geometry_stays_selectable_and_other_sizes_agree():
         ConvNet(1, 10, (28, 28), geometry="wide")
 
 
-def test_default_geometry_is_one_switch():
+def test_the_default_convnet_is_the_references_on_mnist():
     import fedistill.models as models
 
-    assert models.DEFAULT_GEOMETRY in models.GEOMETRIES
-    assert ConvNet(1, 10, (28, 28)).geometry == models.DEFAULT_GEOMETRY
+    assert models.DEFAULT_GEOMETRY == "reference"
+    m = build_model("convnet", MNIST_INFO)
+    assert m.geometry == "reference" and m.feature_dim == 2048
+    assert m.map_sizes == [(32, 32), (16, 16), (8, 8)]
