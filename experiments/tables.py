@@ -719,6 +719,10 @@ TABLES: dict[str, Callable[[], str]] = {
         "bench_distill_issue14_more.json",
         "k-center, IDC on DC and HaBa at the same reduced budget (CPU)",
     ),
+    "distill-protocol": lambda: distill_table(
+        "bench_distill_protocol_ipc1.json",
+        "The reference evaluation protocol at IPC 1: 1,000 epochs, 5 models (CPU)",
+    ),
     "dm-speed": dm_speed_table,
     "eval-speed": eval_speed_table,
     "dc-speed": dc_speed_table,
@@ -736,6 +740,7 @@ GEOMETRY_SOURCES = {
     "distill": "bench_distill.json",
     "distill-more": "bench_distill_issue14_reduced.json",
     "distill-more-2": "bench_distill_issue14_more.json",
+    "distill-protocol": "bench_distill_protocol_ipc1.json",
     "dm-speed": "bench_dm_speed.json",
     "dc-speed": "bench_dc_speed.json",
     "federated": "bench_federated.json",
