@@ -310,6 +310,10 @@ def federated_compare_table(name: str = "federated_idc/bench_federated.json") ->
         fedavg = d["alphas"][key]["fedavg"]["rounds"]
         lines += [
             "",
+            "Each one-shot accuracy is one server model on one seed: a difference under about a "
+            "point may be noise (models trained on one set spread by 0.1–0.7 points in the "
+            "distillation tables above).",
+            "",
             f"FedAvg at α = {key}, accuracy per round: "
             + ", ".join(f"{r['round']}: {_pct(r['accuracy'])}" for r in fedavg)
             + f" ({_mb(fedavg[0]['cum_bytes_up'])} MB up per round).",
