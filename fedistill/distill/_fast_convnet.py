@@ -92,7 +92,8 @@ def _is_plain_conv(m: nn.Module) -> bool:
     )
 
 
-def _is_pool2(m: nn.Module) -> bool:
+def is_pool2(m: nn.Module) -> bool:
+    """A plain 2×2, stride-2 average pooling (what both fast paths fuse)."""
     return (
         isinstance(m, nn.AvgPool2d)
         and m.kernel_size in (2, (2, 2))
@@ -124,7 +125,7 @@ def plan(net: nn.Module) -> list[_Block] | None:
         else:
             return None
         i += 3
-        pool = i < len(mods) and _is_pool2(mods[i])
+        pool = i < len(mods) and is_pool2(mods[i])
         if pool:
             i += 1
         blocks.append(_Block(conv, kept, pool))  # type: ignore[arg-type]

@@ -94,7 +94,7 @@ from fedistill.distill._common import (
     present_classes,
     seeded,
 )
-from fedistill.distill._fast_convnet import single_threaded
+from fedistill.distill._fast_convnet import is_pool2, single_threaded
 from fedistill.errors import ConfigError
 from fedistill.models import MODELS, NORMS, ConvNet, build_model
 from fedistill.progress import progress_bar
@@ -331,17 +331,6 @@ class _AvgPool2(torch.autograd.Function):
         return up
 
 
-def _is_pool2(m: nn.Module) -> bool:
-    return (
-        isinstance(m, nn.AvgPool2d)
-        and m.kernel_size in (2, (2, 2))
-        and m.stride in (2, (2, 2))
-        and m.padding in (0, (0, 0))
-        and not m.ceil_mode
-        and m.divisor_override is None
-    )
-
-
 def _blocks(net: nn.Module) -> list[tuple[nn.Conv2d, nn.GroupNorm | None, bool]] | None:
     """``(conv, norm, pool)`` per block of a plain ConvNet (``Conv2d → instance norm or
     Identity → ReLU → optional AvgPool2d(2)``), or ``None`` for any other network."""
@@ -362,7 +351,7 @@ def _blocks(net: nn.Module) -> list[tuple[nn.Conv2d, nn.GroupNorm | None, bool]]
         else:
             return None
         i += 3
-        pool = i < len(mods) and _is_pool2(mods[i])
+        pool = i < len(mods) and is_pool2(mods[i])
         i += pool
         blocks.append((conv, kept, pool))
     return blocks or None
