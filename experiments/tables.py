@@ -208,6 +208,19 @@ def _mb(n: float | None) -> str:
     return "—" if n is None else f"{n / 1e6:.2f}"
 
 
+def _reach_text(reach: dict) -> str:
+    """What FedAvg uploaded when it first matched a one-shot accuracy (a bound if it never did)."""
+    if reach["reached"]:
+        return f"{_mb(reach['bytes_up'])} (round {reach['round']})"
+    return f"> {_mb(reach['bytes_up_lower_bound'])} (not reached)"
+
+
+def _ratio_text(summary: dict) -> str:
+    """FedAvg's bytes over a one-shot's, "≥" where FedAvg never matched it."""
+    bound = "≥ " if summary["fedavg_bytes_ratio_is_lower_bound"] else ""
+    return f"{bound}{summary['fedavg_bytes_ratio']:.1f}×"
+
+
 def federated_table() -> str:
     d = _load("bench_federated.json")
     if not d:
@@ -234,13 +247,7 @@ def federated_table() -> str:
     ]
     for key, s in d["summary"].items():
         run = d["alphas"][key]
-        reach = s["fedavg_to_match_oneshot"]
-        need = (
-            f"{_mb(reach['bytes_up'])} (round {reach['round']})"
-            if reach["reached"]
-            else f"> {_mb(reach['bytes_up_lower_bound'])} (not reached)"
-        )
-        ratio = f"{'≥ ' if s['fedavg_bytes_ratio_is_lower_bound'] else ''}{s['fedavg_bytes_ratio']:.1f}×"
+        need, ratio = _reach_text(s["fedavg_to_match_oneshot"]), _ratio_text(s)
         lines.append(
             f"| {key} | {_pct(s['feddm_oneshot_accuracy'])} | {_mb(s['feddm_oneshot_bytes_up'])} | "
             f"{_pct(s['feddm_final_accuracy'])} | {_pct(s['fedavg_final_accuracy'])} | "
@@ -272,12 +279,6 @@ def federated_table() -> str:
     return "\n".join(lines) + _plots(".", plots)
 
 
-def _reach_text(reach: dict) -> str:
-    if reach["reached"]:
-        return f"{_mb(reach['bytes_up'])} (round {reach['round']})"
-    return f"> {_mb(reach['bytes_up_lower_bound'])} (not reached)"
-
-
 def federated_compare_table(name: str = "federated_idc/bench_federated.json") -> str:
     """FedDM one-shot with a factorised method beside FedDM with DM: accuracy against bytes up,
     and what FedAvg on the same partitions uploads to match each."""
@@ -305,19 +306,16 @@ def federated_compare_table(name: str = "federated_idc/bench_federated.json") ->
         "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for key, s in d["summary"].items():
-        ratio = f"{'≥ ' if s['fedavg_bytes_ratio_is_lower_bound'] else ''}{s['fedavg_bytes_ratio']:.1f}×"
         lines.append(
             f"| {key} | {b['method']} | {b['ipc']} | {_pct(s['feddm_oneshot_accuracy'])} | "
             f"{_mb(s['feddm_oneshot_bytes_up'])} | {_reach_text(s['fedavg_to_match_oneshot'])} | "
-            f"{ratio} | |"
+            f"{_ratio_text(s)} | |"
         )
         for c in s.get("compare", []):
-            r = c["fedavg_bytes_ratio"]
             lines.append(
                 f"| {key} | {b['compare_method']} | {c['ipc']} | {_pct(c['oneshot_accuracy'])} | "
                 f"{_mb(c['oneshot_bytes_up'])} | {_reach_text(c['fedavg_to_match_oneshot'])} | "
-                f"{'≥ ' if c['fedavg_bytes_ratio_is_lower_bound'] else ''}{r:.1f}× | "
-                f"{'yes' if r >= 33 else 'no'} |"
+                f"{_ratio_text(c)} | {'yes' if c['fedavg_bytes_ratio'] >= 33 else 'no'} |"
             )
         fedavg = d["alphas"][key]["fedavg"]["rounds"]
         lines += [
