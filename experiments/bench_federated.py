@@ -203,39 +203,40 @@ def bytes_to_reach(fedavg: dict[str, Any], target: float) -> dict[str, Any]:
     return {"reached": False, "round": None, "bytes_up_lower_bound": last["cum_bytes_up"]}
 
 
+def versus_fedavg(fedavg: dict[str, Any], oneshot: dict[str, Any]) -> dict[str, Any]:
+    """What FedAvg uploads to match a one-shot round's accuracy, and that over the one-shot's
+    bytes (a lower bound when FedAvg never got there within its rounds)."""
+    reach = bytes_to_reach(fedavg, oneshot["accuracy"])
+    fed_bytes = reach.get("bytes_up", reach.get("bytes_up_lower_bound"))
+    return {
+        "fedavg_to_match_oneshot": reach,
+        "fedavg_bytes_ratio": fed_bytes / max(oneshot["cum_bytes_up"], 1),
+        "fedavg_bytes_ratio_is_lower_bound": not reach["reached"],
+    }
+
+
 def summarise(alpha_runs: dict[str, Any]) -> dict[str, Any]:
-    """Per α: feddm one-shot accuracy/bytes and what FedAvg needs to match it."""
+    """Per α: feddm one-shot accuracy/bytes and what FedAvg needs to match it; the same for
+    each compared method's one-shot against the same FedAvg run."""
     out = {}
     for key, run in alpha_runs.items():
         one = run["feddm"]["rounds"][0]
-        reach = bytes_to_reach(run["fedavg"], one["accuracy"])
-        fed_bytes = reach.get("bytes_up", reach.get("bytes_up_lower_bound"))
-        compare = []
-        for cmp in run.get("feddm_compare", []):  # the second method's one-shots, same FedAvg
-            other = cmp["rounds"][0]
-            o_reach = bytes_to_reach(run["fedavg"], other["accuracy"])
-            o_bytes = o_reach.get("bytes_up", o_reach.get("bytes_up_lower_bound"))
-            compare.append(
-                {
-                    "ipc": cmp["ipc"],
-                    "oneshot_accuracy": other["accuracy"],
-                    "oneshot_bytes_up": other["cum_bytes_up"],
-                    "final_accuracy": cmp["accuracy"],
-                    "fedavg_to_match_oneshot": o_reach,
-                    "fedavg_bytes_ratio": o_bytes / max(other["cum_bytes_up"], 1),
-                    "fedavg_bytes_ratio_is_lower_bound": not o_reach["reached"],
-                }
-            )
         out[key] = {
             "feddm_oneshot_accuracy": one["accuracy"],
             "feddm_oneshot_bytes_up": one["cum_bytes_up"],
             "feddm_final_accuracy": run["feddm"]["accuracy"],
             "fedavg_final_accuracy": run["fedavg"]["accuracy"],
-            "fedavg_to_match_oneshot": reach,
-            # a lower bound when FedAvg never got there within its rounds
-            "fedavg_bytes_ratio": fed_bytes / max(one["cum_bytes_up"], 1),
-            "fedavg_bytes_ratio_is_lower_bound": not reach["reached"],
-        }
+        } | versus_fedavg(run["fedavg"], one)
+        compare = [
+            {
+                "ipc": cmp["ipc"],
+                "oneshot_accuracy": cmp["rounds"][0]["accuracy"],
+                "oneshot_bytes_up": cmp["rounds"][0]["cum_bytes_up"],
+                "final_accuracy": cmp["accuracy"],
+            }
+            | versus_fedavg(run["fedavg"], cmp["rounds"][0])
+            for cmp in run.get("feddm_compare", [])
+        ]
         if compare:
             out[key]["compare"] = compare
     return out
