@@ -164,8 +164,7 @@ class MatrixRun(AttackCells):
     def kept(self, name: str, kind: str) -> dict[str, Any] | None:
         """The ``ok`` cell of the earlier report (``keep``) for this row and kind, when it was
         measured under the same dataset, seed, budget, row pipeline, attack section and ConvNet
-        geometry, and
-        its kind is not to be rerun; else None."""
+        geometry, and its kind is not to be rerun; else None."""
         old = self.keep
         if old is None or kind in self.rerun:
             return None
