@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedistill.errors import ConfigError
+from fedistill.models import check_model_options
 
 
 @dataclass
@@ -46,6 +47,7 @@ class TrainProtocol:
             raise ConfigError("epochs and batch_size must be ≥ 1")
         if not self.lr > 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0:
             raise ConfigError("lr must be > 0, momentum in [0, 1) and weight_decay ≥ 0")
+        check_model_options(self.model, self.model_kwargs)
 
     def protocol(self) -> TrainProtocol:
         """The protocol part of this config (of a subclass too), as a fresh ``TrainProtocol``."""

@@ -16,11 +16,13 @@ Every model exposes ``embed(x)`` (the features before the classifier) and ``forw
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor, nn
 
 from fedistill.data import DatasetInfo
-from fedistill.errors import UnknownNameError
+from fedistill.errors import ConfigError, UnknownNameError
 
 NORMS = ("instance", "group", "batch", "none")
 GEOMETRIES = ("compact", "reference")
@@ -185,6 +187,27 @@ class ResNet18(nn.Module):
 
 
 MODELS = ("convnet", "mlp", "lenet", "resnet18")
+
+
+def check_model_options(name: str, kwargs: dict) -> None:
+    """Refuse, with one line, a model name or keyword option that :func:`build_model` would
+    fail on (an unknown key, a ConvNet geometry or norm no one knows), before any data is read:
+    a run config's ``eval.model-kwargs.geometry`` is checked when the settings load."""
+    classes = {"convnet": ConvNet, "mlp": MLP, "lenet": LeNet, "resnet18": ResNet18}
+    if name not in classes:
+        raise UnknownNameError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}")
+    params = inspect.signature(classes[name]).parameters
+    known = [k for k in params if k not in ("channels", "num_classes", "image_size")]
+    for key in kwargs:
+        if key not in known:
+            options = ", ".join(known) or "none"
+            raise ConfigError(f"model '{name}' has no option '{key}' (its options: {options})")
+    if kwargs.get("geometry") is not None and kwargs["geometry"] not in GEOMETRIES:
+        raise ConfigError(
+            f"unknown ConvNet geometry '{kwargs['geometry']}'; choose one of {', '.join(GEOMETRIES)}"
+        )
+    if "norm" in kwargs and kwargs["norm"] not in NORMS:
+        raise ConfigError(f"unknown norm '{kwargs['norm']}'; choose one of {', '.join(NORMS)}")
 
 
 def build_model(name: str, info: DatasetInfo, **kwargs) -> nn.Module:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedistill.data import DatasetInfo
 from fedistill.errors import ConfigError
 from fedistill.wire import RunSettings, arrays_to_model, model_to_arrays, new_model
 
@@ -67,3 +68,27 @@ def test_a_model_round_trips_and_every_malformed_array_is_one_config_error(digit
     for message, payload in bad.items():
         with pytest.raises(ConfigError, match=message):
             arrays_to_model(payload, s, digits_train.info)
+
+
+def test_the_run_config_chooses_the_global_models_convnet_geometry():
+    # Flower flattens [tool.flwr.app.config.eval.model-kwargs] into this dotted key
+    mnist = DatasetInfo("mnist", 10, 1, 28, 28, (0.1307,), (0.3081,))
+    default = new_model(RunSettings.from_run_config({}), mnist)
+    compact = new_model(
+        RunSettings.from_run_config({"eval.model-kwargs.geometry": "compact"}), mnist
+    )
+    assert default.map_sizes[0] == (32, 32) and compact.map_sizes[0] == (28, 28)
+    assert default.classifier.in_features == 2048 and compact.classifier.in_features == 1152
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"eval.model-kwargs.geometry": "bogus"}, "unknown ConvNet geometry 'bogus'"),
+        ({"eval.model-kwargs.widht": 64}, "has no option 'widht'"),
+        ({"eval.model": "mlp", "eval.model-kwargs.geometry": "compact"}, "has no option"),
+    ],
+)
+def test_a_model_option_no_model_takes_is_refused_when_the_settings_load(config, message):
+    with pytest.raises(ConfigError, match=message):
+        RunSettings.from_run_config(config)
