@@ -84,8 +84,9 @@ def load_dataclass(
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             # a nested table (``eval.epochs = 3`` in a flat run config) overrides the default
             base = _default(fields[key])
+            value = _nest(value)
             part = load_dataclass(type(base), value, f"{where} {raw}", parse_strings=parse_strings)
-            given = {k.replace("-", "_") for k in _nest(value)}
+            given = {k.replace("-", "_") for k in value}
             kwargs[key] = dataclasses.replace(base, **{k: getattr(part, k) for k in given})
         else:
             kwargs[key] = _typed(value, hint, f"{where}: '{raw}'", parse_strings)

@@ -182,7 +182,8 @@ def decode_synthetic_reply(
         raise ReplyError(f"no '{SYNTHETIC_KEY}' array record in the reply")
     record = content.array_records[SYNTHETIC_KEY]
     extra = sorted(set(record.keys()) - {"x", "y"})
-    want = _declared_extras(content, info) if extra else {}
+    provenance = _provenance(content)
+    want = _declared_extras(provenance, info) if extra else {}
     if not want and extra:
         raise ReplyError(f"unexpected arrays {extra} in '{SYNTHETIC_KEY}'")
     if sorted(want) != extra:
@@ -212,15 +213,13 @@ def decode_synthetic_reply(
     want_y = (n,) if ay.dtype == "int64" else (n, k)
     if ys != want_y:
         raise ReplyError(f"labels have shape {ys}, expected {want_y}")
-    reply_metrics(content)  # refuse impossible client-reported figures before decoding
+    metrics = reply_metrics(content)  # impossible client-reported figures: refused before decoding
     x, y = _decode(ax, "x"), _decode(ay, "y")
     extras = {name: _decode(arr, name) for name, arr in extra_arrays.items()}
-    meta = _meta(content, info, y)
     try:
-        syn = SyntheticSet.from_arrays(x, y, meta, extras)
+        syn = SyntheticSet.from_arrays(x, y, _meta(provenance, info, y), extras)
     except FedistillError as exc:
         raise ReplyError(str(exc)) from None
-    metrics = reply_metrics(content)
     metrics["num_synthetic"] = len(syn)  # the server counts these itself
     return ValidReply(
         syn,
@@ -230,28 +229,34 @@ def decode_synthetic_reply(
     )
 
 
-def _declared_extras(content: RecordDict, info: DatasetInfo) -> dict[str, tuple[int, ...]]:
+def _declared_extras(provenance: dict[str, Any], info: DatasetInfo) -> dict[str, tuple[int, ...]]:
     """The extra arrays (name → shape) the reply's provenance declares: a HaBa set's
     hallucinator weights; none for any other set."""
-    meta = _meta(content, info, np.zeros(0, np.int64))
+    meta = _meta(provenance, info, np.zeros(0, np.int64))
     try:
         return extra_shapes(meta, info.shape[0])
     except FedistillError as exc:
         raise ReplyError(str(exc)) from None
 
 
-def _meta(content: RecordDict, info: DatasetInfo, y: np.ndarray) -> dict[str, Any]:
+def _provenance(content: RecordDict) -> dict[str, Any]:
+    """The client's provenance record as a dict: ``{}`` when absent, over the size cap, not JSON
+    or not an object (it is only ever kept for the record, under the server's own facts)."""
+    if PROVENANCE_KEY not in content.config_records:
+        return {}
+    raw = content.config_records[PROVENANCE_KEY].get("json")
+    if not isinstance(raw, str) or len(raw) > MAX_PROVENANCE_BYTES:
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _meta(provenance: dict[str, Any], info: DatasetInfo, y: np.ndarray) -> dict[str, Any]:
     """The set's metadata: the server's facts about the dataset over the client's provenance."""
-    meta: dict[str, Any] = {}
-    if PROVENANCE_KEY in content.config_records:
-        raw = content.config_records[PROVENANCE_KEY].get("json")
-        if isinstance(raw, str) and len(raw) <= MAX_PROVENANCE_BYTES:
-            try:
-                parsed = json.loads(raw)
-            except json.JSONDecodeError:
-                parsed = None
-            if isinstance(parsed, dict):
-                meta = parsed
+    meta = dict(provenance)
     label_kind = meta.get("label_kind")
     if y.dtype == np.int64:
         label_kind = "hard"
