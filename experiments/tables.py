@@ -51,28 +51,35 @@ def _missing(script: str) -> str:
 
 
 def distill_table(
-    name: str = "bench_distill.json",
+    name: str | tuple[str, ...] = "bench_distill.json",
     title: str = "Distillation on the MNIST subset (CPU)",
     random_from: str | None = None,
 ) -> str:
-    """One bench_distill JSON as a table; the points over ``random`` come from its own random
-    rows, or from ``random_from``'s (a run of the same budget) when it has none."""
-    d = _load(name)
-    if not d:
+    """bench_distill JSONs as one table (several files: their rows in order, each file's
+    command above them); the points over ``random`` come from their own random rows, or from
+    ``random_from``'s (a run of the same budget) when they have none."""
+    names = (name,) if isinstance(name, str) else name
+    files = [(n, _load(n)) for n in names]
+    if not all(d for _, d in files):
         return _missing("bench_distill.py")
-    rows = [r for r in d["results"] if "error" not in r]
+    results = [r for _, d in files for r in d["results"]]
+    rows = [r for r in results if "error" not in r]
     ev = rows[0] if rows else {}
+    made = [
+        f"{_made_by(d, n)} "
+        f"({d['machine']['date']}, {command_option(d['command'], 'jobs', 1)} run(s) at once, "
+        f"{command_option(d['command'], 'threads', 2)} thread(s) each)"
+        for n, d in files
+    ]
     lines = [
         f"### {title}",
         "",
-        f"{_made_by(d, name)} "
-        f"({d['machine']['date']}, {command_option(d['command'], 'jobs', 1)} run(s) at once, "
-        f"{command_option(d['command'], 'threads', 2)} thread(s) each)",
+        "<br>\n".join(made) if len(made) > 1 else made[0],
         "",
         "| method | IPC | iterations (CPU budget) | test accuracy % (mean ± std) | distill s | s / iteration | peak RSS MiB |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in d["results"]:
+    for r in results:
         if "error" in r:
             lines.append(f"| {r['method']} | {r['ipc']} | — | failed: {r['error']} | | | |")
             continue
@@ -106,12 +113,13 @@ def distill_table(
         f"{ev.get('eval_models', '?')} models, DSA augmentation, 997 test images. Papers (full "
         "MNIST, GPU, 1,000–20,000 iterations): DC 91.7 / 97.4, DSA 88.7 / 97.8 at IPC 1 / 10.",
     ]
-    load = d["machine"].get("load_average_1m")
-    if isinstance(load, int | float) and load > 2.5:
+    loads = [d["machine"].get("load_average_1m") for _, d in files]
+    load = max((x for x in loads if isinstance(x, int | float)), default=None)
+    if load is not None and load > 2.5:
         lines += [
             "",
-            f"_The 2 cores were shared with other work (1-minute load {load:.1f} when the JSON "
-            "was written): the seconds are inflated; the accuracies are not affected._",
+            f"_The 2 cores were shared with other work (1-minute load {'up to ' if len(files) > 1 else ''}"
+            f"{load:.1f} when the JSON was written): the seconds are inflated; the accuracies are not affected._",
         ]
     return "\n".join(lines)
 
@@ -766,7 +774,7 @@ TABLES: dict[str, Callable[[], str]] = {
 
 
 # The tables whose ConvNets see 28-px images, and the results file each is rendered from.
-GEOMETRY_SOURCES = {
+GEOMETRY_SOURCES: dict[str, str | tuple[str, ...]] = {
     "distill": "bench_distill.json",
     "distill-more": "bench_distill_issue14_reference.json",
     "distill-more-2": "bench_distill_issue14_reference_more.json",
@@ -781,13 +789,16 @@ GEOMETRY_SOURCES = {
 }
 
 
-def geometry_line(name: str) -> str | None:
+def geometry_line(name: str | tuple[str, ...]) -> str | None:
     """Which ConvNet geometry a table's results ran on (a file that does not record it predates
-    the reference default, so it ran on the compact one)."""
-    d = _load(name)
-    if not d:
+    the reference default, so it ran on the compact one; several files: all must be on the
+    reference one for the table to be)."""
+    found = [_load(n) for n in ((name,) if isinstance(name, str) else name)]
+    if not all(found):
         return None
-    if (d.get("machine") or {}).get("convnet_geometry", "compact") == "reference":
+    if all(
+        (d.get("machine") or {}).get("convnet_geometry", "compact") == "reference" for d in found
+    ):
         return (
             "_ConvNet geometry: reference (a 28-px image is laid out as the reference code's "
             "32→16→8→4 maps, 2,048 features), the default._"
