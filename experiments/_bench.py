@@ -33,6 +33,19 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; empty where it is not readable): speed figures
+    differ between the CPU kinds this project runs on, so every benchmark records it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or ""
+
+
 def machine() -> dict[str, Any]:
     import torch
 
@@ -45,6 +58,7 @@ def machine() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_name(),
         "load_average_1m": os.getloadavg()[0],
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

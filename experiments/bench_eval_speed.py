@@ -34,7 +34,6 @@ import argparse
 import math
 import os
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -240,17 +239,6 @@ def gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 8
 
     threads = torch.get_num_threads()
     return sum(map_models(one, range(threads), workers=threads))
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return ""
 
 
 def run_dataset(name: str, train: LabeledImages, test: LabeledImages, args) -> dict:
@@ -484,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             "precision": "fp32" + (" (and bf16 autocast where named)" if args.bf16 else ""),
             "our_chunk": "whole batches" if args.no_chunk else "auto_chunk (evaluate's default)",
         },
-        "machine": machine() | {"cpu_model": cpu_name()},
+        "machine": machine(),
         "shared_machine": True,
         "note": (
             "measured on a machine shared with other jobs (see load_average): absolute rates "

@@ -646,7 +646,8 @@ def dc_speed_table() -> str:
     lines = [
         "### DC speed: `fedistill distill --method dc` against the official code",
         "",
-        f"{_made_by(d, 'bench_dc_speed.json')} ({m.get('date', '?')}, {m.get('cpus')} cores; "
+        f"{_made_by(d, 'bench_dc_speed.json')} ({m.get('date', '?')}, "
+        f"{m.get('cpu_model') or 'CPU not recorded'}, {m.get('cpus')} cores; "
         f"MNIST subset, {st['train_images']} training images, IPC {st['ipc']}, batch_real "
         f"{st['batch_real_per_class']}, real init, no DSA, {budget}; reference: {d['reference']};"
         f" outer iterations {st['counts'][0]} and {st['counts'][1]}, so start-up cancels)",
@@ -660,11 +661,21 @@ def dc_speed_table() -> str:
             f"{p['reference']['wall_s_per_iteration']:.1f} | {p['ratio_wall']:.2f} | "
             f"{p['ratio_cpu']:.2f} |"
         )
+    # Alone: quiet before the first run, and afterwards no more load than the benchmark's own
+    # previous run (it uses every core) leaves in the 1-minute average.
+    alone = loads[0] < 0.5 and max(loads) <= (m.get("cpus") or 2) + 0.5
+    where = (
+        "Measured alone on the machine (1-min load before the first run "
+        f"{loads[0]:.1f}; before the later ones {min(loads[1:], default=0):.1f}–"
+        f"{max(loads[1:], default=0):.1f}, the benchmark's own previous run)"
+        if alone
+        else f"**Measured on a shared machine** (1-min load {min(loads):.1f}–{max(loads):.1f} on "
+        f"{m.get('cpus')} cores before the runs)"
+    )
     lines += [
         "",
         f"Median ratio {d['median_ratio_wall']:.2f} (wall), {d['median_ratio_cpu']:.2f} (CPU). "
-        f"**Measured on a shared machine** (1-min load {min(loads):.1f}–{max(loads):.1f} on "
-        f"{m.get('cpus')} cores before the runs).",
+        f"{where}; the target (issue 17) is ≤ 0.3×.",
     ]
     if any(p[k]["wall_s_per_iteration"] <= 0 for p in d["pairs"] for k in ("ours", "reference")):
         lines.append(
