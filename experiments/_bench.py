@@ -33,6 +33,64 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def train_flops_per_image(net, x, y) -> float:
+    """FLOPs of one training step's forward and backward on ``(x, y)``, per image, as
+    ``torch.utils.flop_counter`` counts them (the input needs no gradient, as in training)."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(net(x), y).backward()
+    net.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(x)
+
+
+def gemm_gflops(dtype=None, n: int = 1024, reps: int = 8) -> float:
+    """Matrix-multiply rate of the machine as the trainers use it: one single-threaded GEMM
+    per intra-op thread at once (the workers' pattern), summed (fp32 unless ``dtype``)."""
+    import torch
+
+    from fedistill.trainer import map_models
+
+    dtype = dtype or torch.float32
+
+    def one(_: int) -> float:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+    threads = torch.get_num_threads()
+    return sum(map_models(one, range(threads), workers=threads))
+
+
+def conv_gflops(batch: int = 32, channels: int = 128, size: int = 16, reps: int = 20) -> float:
+    """fp32 rate of the ConvNet's dominant layer alone (a 3×3 ``channels``→``channels``
+    convolution on ``size``×``size`` maps, forward) as the trainers run it: one single-threaded
+    convolution per intra-op thread at once, summed. On CPUs where the BLAS GEMM does not use
+    every vector unit (MKL on AMD) this is the higher, and the more honest, ceiling."""
+    import torch
+    import torch.nn.functional as F
+
+    from fedistill.trainer import map_models
+
+    flops = 2 * batch * channels * channels * 9 * size * size
+
+    def one(_: int) -> float:
+        x = torch.randn(batch, channels, size, size)
+        w = torch.randn(channels, channels, 3, 3)
+        F.conv2d(x, w, padding=1)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            F.conv2d(x, w, padding=1)
+        return flops * reps / (time.perf_counter() - t0) / 1e9
+
+    threads = torch.get_num_threads()
+    return sum(map_models(one, range(threads), workers=threads))
+
+
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``; empty where it is not readable): speed figures
     differ between the CPU kinds this project runs on, so every benchmark records it."""

@@ -26,7 +26,10 @@ batch_train 256, on the CPU with torch's default thread count.
 
 Per pair it reports each side's seconds per outer iteration and the ratio ours / reference, and
 the median ratio over pairs; wall and CPU seconds (the children's user + system time) of every
-run, and the 1-minute load average before each. The JSON goes to ``--out``.
+run, and the 1-minute load average before each. The JSON goes to ``--out``. After the pairs it
+adds the fp32 work bound (:func:`work_bound`): the FLOPs one outer iteration cannot avoid and
+the fastest fp32 kernel rate measured here, so the ratio can be read against what this CPU
+allows; ``--bound-only`` recomputes that for a recorded JSON.
 
     python experiments/bench_dc_speed.py --official /tmp/dc_official --counts 1,3 --pairs 3
 """
@@ -34,6 +37,7 @@ run, and the 1-minute load average before each. The JSON goes to ``--out``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -44,7 +48,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench import DEFAULT_MNIST, REPO, RESULTS, command_line, machine, require_mnist, write_json
+from _bench import (
+    DEFAULT_MNIST,
+    REPO,
+    RESULTS,
+    command_line,
+    conv_gflops,
+    gemm_gflops,
+    machine,
+    require_mnist,
+    train_flops_per_image,
+    write_json,
+)
 
 IPC = 10
 OFFICIAL_LOOPS_CALL = "args.outer_loop, args.inner_loop = get_loops(args.ipc)"
@@ -106,6 +121,44 @@ def reference_command(args, n: int) -> list[str]:
     return cmd
 
 
+def work_bound(loops: tuple[int, int], batch_real: int, classes: int = 10) -> dict:
+    """What one outer iteration costs in fp32 whoever implements it, and how fast this machine
+    can do it: the FLOPs of the passes the algorithm cannot skip (each class's ``batch_real``
+    real images forward and backward at every matching step; the synthetic set forward and
+    backward in each of the ``(outer − 1) × inner`` inner epochs), counted by torch's FLOP
+    counter on the default ConvNet-128-3 with a 28-px MNIST batch (the synthetic matching steps
+    and every elementwise kernel are left out: a lower bound), divided by the fastest fp32
+    kernel rate measured here (the GEMM, or the dominant convolution alone, whichever is
+    higher). That gives a practical floor for the seconds, not a proof: a better kernel than
+    oneDNN's could go under it."""
+    import torch
+
+    from fedistill.models import ConvNet
+
+    torch.manual_seed(0)
+    net = ConvNet(1, classes, (28, 28), 128, 3, "instance")
+    x, y = torch.randn(32, 1, 28, 28), torch.arange(32) % classes
+    per_image = train_flops_per_image(net, x, y)
+    outer, inner = loops
+    images = classes * batch_real * outer + (outer - 1) * inner * classes * IPC
+    load = os.getloadavg()[0]
+    gemm = statistics.median(gemm_gflops() for _ in range(5))
+    conv = statistics.median(conv_gflops() for _ in range(5))
+    rate = max(gemm, conv)
+    gflop = images * per_image / 1e9
+    return {
+        "gflop_per_image_step": per_image / 1e9,
+        "images_per_outer_iteration": images,
+        "gflop_per_outer_iteration_at_least": gflop,
+        "fp32_gemm_gflops": gemm,
+        "fp32_conv_gflops": conv,
+        "fp32_rate_used": rate,
+        "gemm_threads": torch.get_num_threads(),
+        "load_1m_before": load,
+        "seconds_at_least": gflop / rate,
+    }
+
+
 def timed(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> dict:
     """Run ``cmd`` to completion; its wall seconds, CPU seconds and the load before it."""
     load = os.getloadavg()[0]
@@ -131,7 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-real", type=int, default=256)
     p.add_argument("--loops", default=None, help="OUTER,INNER: a reduced budget for both sides")
     p.add_argument("--out", type=Path, default=RESULTS / "bench_dc_speed.json")
+    p.add_argument(
+        "--bound-only",
+        action="store_true",
+        help="only (re)compute the fp32 work bound of the JSON at --out, for its settings "
+        "(on a quiet machine: it measures the GEMM rate)",
+    )
     args = p.parse_args(argv)
+    if args.bound_only:
+        return add_bound(args.out)
     command = command_line()
     counts = _ints(args.counts, 2, "--counts")
     if counts[0] >= counts[1]:
@@ -244,12 +305,36 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     out = report()
+    out["bound"] = work_bound(args.loops or (10, 50), args.batch_real)
+    write_json(args.out, out)
     print(f"\ncommand: {command}")
     print(
         f"median ours / reference: {out['median_ratio_wall']:.3f} wall, "
         f"{out['median_ratio_cpu']:.3f} cpu; s/iteration {out['median_s_per_iteration']}"
     )
     print(f"wrote {args.out}")
+    return 0
+
+
+def add_bound(path: Path) -> int:
+    """``--bound-only``: the work bound for a recorded run's settings, written into its JSON."""
+    try:
+        out = json.loads(path.read_text())
+        st = out["settings"]
+        loops, batch_real = (st["outer_loop"], st["inner_loop"]), st["batch_real_per_class"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"error: {path} is not a bench_dc_speed JSON ({e})") from None
+    out["bound"] = work_bound(loops, batch_real) | {
+        "command": command_line(),
+        "machine": machine(),
+    }
+    write_json(path, out)
+    b = out["bound"]
+    print(
+        f"≥ {b['gflop_per_outer_iteration_at_least']:.0f} GFLOP per outer iteration at "
+        f"{b['fp32_rate_used']:.0f} GFLOP/s (GEMM {b['fp32_gemm_gflops']:.0f}, conv "
+        f"{b['fp32_conv_gflops']:.0f}) → ≥ {b['seconds_at_least']:.1f} s; wrote {path}"
+    )
     return 0
 
 

@@ -41,18 +41,26 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _bench import DEFAULT_MNIST, RESULTS, command_line, machine, peak_rss_mib, write_json
+from _bench import (
+    DEFAULT_MNIST,
+    RESULTS,
+    command_line,
+    gemm_gflops,
+    machine,
+    peak_rss_mib,
+    train_flops_per_image,
+    write_json,
+)
 from dm_reference import OfficialConvNet
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
-from torch.utils.flop_counter import FlopCounterMode
 
 from fedistill.augment import DSA, default_strategy
 from fedistill.data import LabeledImages, load_dataset
 from fedistill.distill import distill
 from fedistill.evaluate import EvalConfig, accuracy, evaluate_arrays
 from fedistill.models import ConvNet
-from fedistill.trainer import auto_chunk, map_models, train_many
+from fedistill.trainer import auto_chunk, train_many
 
 TARGET_M16 = 2.5  # issue 17: ≥ 2.5× the re-created reference loop at M = 16, fp32
 
@@ -215,30 +223,6 @@ def our_net(info, width: int, depth: int) -> nn.Module:
         info.channels, info.num_classes, (info.height, info.width), width, depth, "instance",
         geometry="reference",
     )  # fmt: skip
-
-
-def train_flops_per_image(net: nn.Module, x: Tensor, y: Tensor) -> float:
-    """FLOPs of one training step's forward and backward, per image."""
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(net(x), y).backward()
-    net.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / len(x)
-
-
-def gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 8) -> float:
-    """Matrix-multiply rate of the machine as the trainer uses it: one single-threaded GEMM
-    per intra-op thread at once (the workers' pattern), summed."""
-
-    def one(_: int) -> float:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
-
-    threads = torch.get_num_threads()
-    return sum(map_models(one, range(threads), workers=threads))
 
 
 def run_dataset(name: str, train: LabeledImages, test: LabeledImages, args) -> dict:
