@@ -66,8 +66,10 @@ def gemm_gflops(dtype=None, n: int = 1024, reps: int = 8) -> float:
     return sum(map_models(one, range(threads), workers=threads))
 
 
-def conv_gflops(batch: int = 32, channels: int = 128, size: int = 16, reps: int = 20) -> float:
-    """fp32 rate of the ConvNet's dominant layer alone (a 3×3 ``channels``→``channels``
+def conv_gflops(
+    dtype=None, batch: int = 32, channels: int = 128, size: int = 16, reps: int = 20
+) -> float:
+    """Rate (fp32 unless ``dtype``) of the ConvNet's dominant layer alone (a 3×3 ``channels``→``channels``
     convolution on ``size``×``size`` maps, forward) as the trainers run it: one single-threaded
     convolution per intra-op thread at once, summed. On CPUs where the BLAS GEMM does not use
     every vector unit (MKL on AMD) this is the higher, and the more honest, ceiling."""
@@ -77,10 +79,11 @@ def conv_gflops(batch: int = 32, channels: int = 128, size: int = 16, reps: int 
     from fedistill.trainer import map_models
 
     flops = 2 * batch * channels * channels * 9 * size * size
+    dtype = dtype or torch.float32
 
     def one(_: int) -> float:
-        x = torch.randn(batch, channels, size, size)
-        w = torch.randn(channels, channels, 3, 3)
+        x = torch.randn(batch, channels, size, size, dtype=dtype)
+        w = torch.randn(channels, channels, 3, 3, dtype=dtype)
         F.conv2d(x, w, padding=1)
         t0 = time.perf_counter()
         for _ in range(reps):
