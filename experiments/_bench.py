@@ -45,53 +45,58 @@ def train_flops_per_image(net, x, y) -> float:
     return counter.get_total_flops() / len(x)
 
 
-def gemm_gflops(dtype=None, n: int = 1024, reps: int = 8) -> float:
-    """Matrix-multiply rate of the machine as the trainers use it: one single-threaded GEMM
-    per intra-op thread at once (the workers' pattern), summed (fp32 unless ``dtype``)."""
+def concurrent_gflops(kernel, flops: float, reps: int) -> float:
+    """Rate of ``kernel(_)`` (a callable that builds its operands and returns a function
+    running the kernel once, ``flops`` each) as the trainers run work: one single-threaded
+    instance per intra-op thread at once, ``reps`` timed calls after one warm-up, summed."""
     import torch
 
     from fedistill.trainer import map_models
 
-    dtype = dtype or torch.float32
-
     def one(_: int) -> float:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b
+        run = kernel()
+        run()
         t0 = time.perf_counter()
         for _ in range(reps):
-            a @ b
-        return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+            run()
+        return flops * reps / (time.perf_counter() - t0) / 1e9
 
     threads = torch.get_num_threads()
     return sum(map_models(one, range(threads), workers=threads))
+
+
+def gemm_gflops(dtype=None, n: int = 1024, reps: int = 8) -> float:
+    """Matrix-multiply rate of the machine as the trainers use it: an n×n GEMM per intra-op
+    thread at once (fp32 unless ``dtype``)."""
+    import torch
+
+    dtype = dtype or torch.float32
+
+    def kernel():
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        return lambda: a @ b
+
+    return concurrent_gflops(kernel, 2 * n**3, reps)
 
 
 def conv_gflops(
     dtype=None, batch: int = 32, channels: int = 128, size: int = 16, reps: int = 20
 ) -> float:
-    """Rate (fp32 unless ``dtype``) of the ConvNet's dominant layer alone (a 3×3 ``channels``→``channels``
-    convolution on ``size``×``size`` maps, forward) as the trainers run it: one single-threaded
-    convolution per intra-op thread at once, summed. On CPUs where the BLAS GEMM does not use
-    every vector unit (MKL on AMD) this is the higher, and the more honest, ceiling."""
+    """Rate (fp32 unless ``dtype``) of the ConvNet's dominant layer alone (a 3×3
+    ``channels``→``channels`` convolution on ``size``×``size`` maps, forward) as the trainers
+    run it: one per intra-op thread at once. On CPUs where the BLAS GEMM does not use every
+    vector unit (MKL on AMD) this is the higher, and the more honest, ceiling."""
     import torch
     import torch.nn.functional as F
 
-    from fedistill.trainer import map_models
-
-    flops = 2 * batch * channels * channels * 9 * size * size
     dtype = dtype or torch.float32
 
-    def one(_: int) -> float:
+    def kernel():
         x = torch.randn(batch, channels, size, size, dtype=dtype)
         w = torch.randn(channels, channels, 3, 3, dtype=dtype)
-        F.conv2d(x, w, padding=1)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            F.conv2d(x, w, padding=1)
-        return flops * reps / (time.perf_counter() - t0) / 1e9
+        return lambda: F.conv2d(x, w, padding=1)
 
-    threads = torch.get_num_threads()
-    return sum(map_models(one, range(threads), workers=threads))
+    return concurrent_gflops(kernel, 2 * batch * channels * channels * 9 * size * size, reps)
 
 
 def cpu_name() -> str:

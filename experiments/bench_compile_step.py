@@ -6,10 +6,9 @@ The evaluator's trainers run at about half the best fp32 kernel rate this machin
 into generated C++ loops. This probe measures what it buys on one training step of the default
 ConvNet-128-3 (reference geometry, 28-px inputs) on a batch the size of an IPC-10 set, one
 thread (the trainers' workers are single-threaded), interleaved rounds, before anyone builds it
-into the trainer. It also reports how far the compiled step's loss and gradients (‖Δ‖ / ‖g‖ over all of them) are
-from the eager ones, and both from the same step in float64 (inductor reorders reductions: equal
-up to float rounding, not bit for bit), and the
-one-off compile time.
+into the trainer. It also reports how far the compiled step's gradients (‖Δ‖ / ‖g‖ over all of
+them) are from the eager ones, and both from the same step in float64 (inductor reorders
+reductions: equal up to float rounding, not bit for bit), and the one-off compile time.
 
     python experiments/bench_compile_step.py --rounds 5
 """
@@ -26,6 +25,10 @@ import torch.nn.functional as F
 from _bench import RESULTS, command_line, machine, train_flops_per_image, write_json
 
 from fedistill.models import ConvNet
+
+
+def flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.flatten() for t in tensors])
 
 
 def main() -> int:
@@ -60,19 +63,18 @@ def main() -> int:
     c_loss, c_grads = grads_after(compiled)
     compile_s = time.perf_counter() - t0
     e_loss, e_grads = grads_after(step)
+
     # Over all gradients at once: a conv bias before instance norm has a gradient of zero up to
     # rounding, so a per-tensor relative difference would compare rounding noise with itself.
-    diff = torch.cat([(a - b).flatten() for a, b in zip(c_grads, e_grads)])
-    rel = (diff.norm() / torch.cat([b.flatten() for b in e_grads]).norm()).item()
+    def off(grads: list[torch.Tensor], truth: torch.Tensor) -> float:
+        return ((flat(grads).to(truth.dtype) - truth).norm() / truth.norm()).item()
+
+    rel = off(c_grads, flat(e_grads))
     # The yardstick for "float rounding": both against the same step in float64.
     ref = copy.deepcopy(net).double()
     F.cross_entropy(ref(x.double()), y).backward()
-    g64 = torch.cat([p.grad.flatten() for p in ref.parameters()])
-
-    def off64(grads: list[torch.Tensor]) -> float:
-        return ((torch.cat([g.flatten() for g in grads]).double() - g64).norm() / g64.norm()).item()
-
-    rel_eager64, rel_compiled64 = off64(e_grads), off64(c_grads)
+    g64 = flat([p.grad for p in ref.parameters()])
+    rel_eager64, rel_compiled64 = off(e_grads, g64), off(c_grads, g64)
 
     def timed(fn) -> float:
         t = time.perf_counter()

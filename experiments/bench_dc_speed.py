@@ -156,6 +156,7 @@ def work_bound(loops: tuple[int, int], batch_real: int, classes: int = 10) -> di
         "gemm_threads": torch.get_num_threads(),
         "load_1m_before": load,
         "seconds_at_least": gflop / rate,
+        "machine": machine(),
     }
 
 
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "--bound-only",
         action="store_true",
         help="only (re)compute the fp32 work bound of the JSON at --out, for its settings "
-        "(on a quiet machine: it measures the GEMM rate)",
+        "(on a quiet machine: it measures the GEMM and convolution rates)",
     )
     args = p.parse_args(argv)
     if args.bound_only:
@@ -221,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
 
     runs, pairs = [], []
 
-    def report() -> dict:
-        """The JSON of the pairs so far (written after every pair: a stopped run keeps them)."""
+    def report(bound: dict | None = None) -> dict:
+        """The JSON of the pairs so far (written after every pair: a stopped run keeps them),
+        with the work bound once it is measured."""
         loops = args.loops or (10, 50)
         out = {
             "benchmark": "dc seconds per outer iteration, whole processes: ours vs the official code",
@@ -265,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                 for side in ("ours", "reference")
             },
         }
+        if bound:
+            out["bound"] = bound
         write_json(args.out, out)
         return out
 
@@ -304,9 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    out = report()
-    out["bound"] = work_bound(args.loops or (10, 50), args.batch_real)
-    write_json(args.out, out)
+    out = report(work_bound(args.loops or (10, 50), args.batch_real))
     print(f"\ncommand: {command}")
     print(
         f"median ours / reference: {out['median_ratio_wall']:.3f} wall, "
@@ -324,10 +326,7 @@ def add_bound(path: Path) -> int:
         loops, batch_real = (st["outer_loop"], st["inner_loop"]), st["batch_real_per_class"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"error: {path} is not a bench_dc_speed JSON ({e})") from None
-    out["bound"] = work_bound(loops, batch_real) | {
-        "command": command_line(),
-        "machine": machine(),
-    }
+    out["bound"] = work_bound(loops, batch_real) | {"command": command_line()}
     write_json(path, out)
     b = out["bound"]
     print(

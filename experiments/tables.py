@@ -51,7 +51,7 @@ def _missing(script: str) -> str:
 
 
 def distill_table(
-    name: str | tuple[str, ...] = "bench_distill.json",
+    name: str | tuple[str, ...],
     title: str = "Distillation on the MNIST subset (CPU)",
     random_from: str | None = None,
     note: str | None = None,
@@ -646,7 +646,7 @@ def eval_speed_table() -> str:
         where + rate_note + " Every model trained in a group is bit-identical to the "
         "same model trained alone on one thread (`tests/fedistill/test_trainer.py`).",
     ]
-    bf = d["datasets"].get("mnist", {}).get("bf16_accuracy_effect")
+    bf = mnist.get("bf16_accuracy_effect")
     if bf:
         lines.append(
             f"bf16 autocast (opt-in, `EvalConfig(precision='bf16')`): {bf['models']} models × "
@@ -802,10 +802,14 @@ def robustness_table() -> str:
     return "\n".join(lines) + _plots(".", [("robustness.png", "detection, FRR and damage curves")])
 
 
+# Tables made of several bench_distill runs (rendered as one table, checked as one source).
+DISTILL_FILES = ("bench_distill_reference_rdm.json", "bench_distill_reference_dcdsa.json")
+PROTOCOL_FILES = ("bench_distill_protocol_ipc1.json", "bench_distill_protocol_ipc10.json")
+
 TABLES: dict[str, Callable[[], str]] = {
     "quickstart-output": quickstart_output,
     "distill": lambda: distill_table(
-        ("bench_distill_reference_rdm.json", "bench_distill_reference_dcdsa.json"),
+        DISTILL_FILES,
         note="The two commands ran side by side, one thread each on the 2 cores (AMD EPYC): "
         "each had a core, but they shared memory bandwidth and cache.",
     ),
@@ -819,7 +823,7 @@ TABLES: dict[str, Callable[[], str]] = {
         random_from="bench_distill_issue14_reference.json",
     ),
     "distill-protocol": lambda: distill_table(
-        ("bench_distill_protocol_ipc1.json", "bench_distill_protocol_ipc10.json"),
+        PROTOCOL_FILES,
         "The reference evaluation protocol at IPC 1 and 10: 1,000 epochs, 5 models (CPU)",
     ),
     "dm-speed": dm_speed_table,
@@ -836,10 +840,10 @@ TABLES: dict[str, Callable[[], str]] = {
 
 # The tables whose ConvNets see 28-px images, and the results file each is rendered from.
 GEOMETRY_SOURCES: dict[str, str | tuple[str, ...]] = {
-    "distill": ("bench_distill_reference_rdm.json", "bench_distill_reference_dcdsa.json"),
+    "distill": DISTILL_FILES,
     "distill-more": "bench_distill_issue14_reference.json",
     "distill-more-2": "bench_distill_issue14_reference_more.json",
-    "distill-protocol": ("bench_distill_protocol_ipc1.json", "bench_distill_protocol_ipc10.json"),
+    "distill-protocol": PROTOCOL_FILES,
     "dm-speed": "bench_dm_speed.json",
     "dc-speed": "bench_dc_speed.json",
     "federated": "bench_federated.json",
