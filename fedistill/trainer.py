@@ -24,6 +24,13 @@ stay in the core's cache — measured here (1 thread per model, ConvNet-128-3 on
 images, reference geometry) a step takes about half the time in chunks of 10 as in one piece.
 :func:`auto_chunk` picks a chunk for a ConvNet from a cache budget for its first activation.
 
+**The fused block.** A ConvNet's steps run through
+:func:`fedistill.convblocks.training_forward`: each block's norm, ReLU and pooling as one
+autograd node whose forward and gradients equal the modules' bit for bit, without the slow NCHW
+pooling kernels and the full-size pooled gradient (measured here, one thread, ConvNet-128-3 on
+100 MNIST-sized images with DSA, interleaved on a busy 2-core AMD EPYC: 1.34× the steps per
+second of ``model(x)``). ``fast=False`` trains through ``model(x)``; the trajectory is the same.
+
 **bf16 (opt-in).** ``precision="bf16"`` runs each forward (and so its backward) under
 ``torch.autocast`` with bfloat16 — convolutions and the linear layer in bf16 on CPUs with bf16
 matrix units (AMX, AVX-512 BF16), parameters, optimiser state and the loss in float32. It is not
@@ -48,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedistill.augment import DSA
+from fedistill.convblocks import training_forward
 from fedistill.progress import progress_bar
 
 # Bytes of a ConvNet's first-block activation per chunk that :func:`auto_chunk` aims for.
@@ -122,12 +130,15 @@ def train_classifier(
     progress: bool = False,
     chunk: int | None = None,
     precision: str = "fp32",
+    fast: bool = True,
 ) -> nn.Module:
     """Train ``model`` on (images, labels) with the protocol's SGD schedule.
 
     ``chunk``: push each batch through forward and backward ``chunk`` images at a time,
     accumulating the gradient (see the module docstring); ``None`` or a model with batch norm:
     whole batches. ``precision``: ``"fp32"``, or ``"bf16"`` (autocast; see the module docstring).
+    ``fast``: a ConvNet's steps through :func:`fedistill.convblocks.training_forward` (the same
+    outputs and gradients bit for bit, in less time); ``False``: through ``model(x)``.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
@@ -140,6 +151,7 @@ def train_classifier(
     )
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [cfg.epochs // 2], 0.1)
     criterion = loss_for(labels, label_kind)
+    forward = training_forward(model) if fast else model
     n = len(x)
     if chunk is not None and (chunk < 1 or not batch_independent(model)):
         chunk = None
@@ -155,13 +167,13 @@ def train_classifier(
                 opt.zero_grad(set_to_none=True)
                 if chunk is None or chunk >= len(idx):
                     with cast:
-                        loss = criterion(model(xb), yb).float()
+                        loss = criterion(forward(xb), yb).float()
                     loss.backward()
                 else:
                     loss = torch.zeros((), device=device)
                     for s in range(0, len(idx), chunk):
                         with cast:
-                            part = criterion(model(xb[s : s + chunk]), yb[s : s + chunk]).float()
+                            part = criterion(forward(xb[s : s + chunk]), yb[s : s + chunk]).float()
                         part = part * (min(chunk, len(idx) - s) / len(idx))
                         part.backward()
                         loss = loss + part.detach()
@@ -247,6 +259,7 @@ def train_many(
     progress: bool = False,
     chunk: int | None = None,
     precision: str = "fp32",
+    fast: bool = True,
 ) -> list[nn.Module]:
     """Train every model of ``models`` on (images, labels), model ``i`` drawing its batch order
     and augmentation from ``generators[i]``; concurrently (see the module docstring).
@@ -268,6 +281,7 @@ def train_many(
             generator=generators[i],
             chunk=chunk,
             precision=precision,
+            fast=fast,
         )
 
     return map_models(

@@ -55,11 +55,12 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from fedistill.convblocks import Block, plan
 
 # First-layer statistics come from the input patches when a patch has at most this many values.
 ANALYTIC_PATCH_MAX = 64
@@ -68,68 +69,6 @@ ANALYTIC_PATCH_MAX = 64
 DEFAULT_CHUNK = 32
 # A channel whose squared mean exceeds this multiple of its variance gets a two-pass variance.
 _CANCEL_RATIO = 1e2
-
-
-@dataclass(frozen=True)
-class _Block:
-    conv: nn.Conv2d
-    norm: nn.GroupNorm | None  # instance norm (one group per channel), or no norm
-    pool: bool  # AvgPool2d(2, 2) after the ReLU
-
-
-def _is_instance_norm(m: nn.Module) -> bool:
-    return isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels and m.affine
-
-
-def _is_plain_conv(m: nn.Module) -> bool:
-    return (
-        isinstance(m, nn.Conv2d)
-        and m.stride == (1, 1)
-        and m.dilation == (1, 1)
-        and m.groups == 1
-        and m.padding_mode == "zeros"
-        and isinstance(m.padding, tuple)
-    )
-
-
-def is_pool2(m: nn.Module) -> bool:
-    """A plain 2×2, stride-2 average pooling (what both fast paths fuse)."""
-    return (
-        isinstance(m, nn.AvgPool2d)
-        and m.kernel_size in (2, (2, 2))
-        and m.stride in (2, (2, 2))
-        and m.padding in (0, (0, 0))
-        and not m.ceil_mode
-        and m.divisor_override is None
-    )
-
-
-def plan(net: nn.Module) -> list[_Block] | None:
-    """The network's blocks, or ``None`` when it is not a ConvNet this module handles."""
-    features = getattr(net, "features", None)
-    if not isinstance(features, nn.Sequential) or not hasattr(net, "embed"):
-        return None
-    mods = list(features)
-    blocks: list[_Block] = []
-    i = 0
-    while i < len(mods):
-        if i + 2 >= len(mods) or not _is_plain_conv(mods[i]):
-            return None
-        conv, norm, act = mods[i], mods[i + 1], mods[i + 2]
-        if not isinstance(act, nn.ReLU):
-            return None
-        if _is_instance_norm(norm):
-            kept: nn.GroupNorm | None = norm  # type: ignore[assignment]
-        elif isinstance(norm, nn.Identity):
-            kept = None
-        else:
-            return None
-        i += 3
-        pool = i < len(mods) and is_pool2(mods[i])
-        if pool:
-            i += 1
-        blocks.append(_Block(conv, kept, pool))  # type: ignore[arg-type]
-    return blocks or None
 
 
 def supports(net: nn.Module) -> bool:
@@ -215,7 +154,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOLS[workers]
 
 
-def _forward_single_threaded(blocks: list[_Block], x: Tensor, bf16: bool = False) -> Tensor:
+def _forward_single_threaded(blocks: list[Block], x: Tensor, bf16: bool = False) -> Tensor:
     # intra-op threads are per OS thread under OpenMP: this worker computes on one core
     # (asking first makes torch initialise this thread's setting, so it is not reset later)
     if torch.get_num_threads() != 1:
@@ -237,7 +176,7 @@ def _channels_last(h: Tensor) -> Tensor:
     return h.contiguous(memory_format=torch.channels_last)
 
 
-def _forward(blocks: list[_Block], x: Tensor, bf16: bool = False) -> Tensor:
+def _forward(blocks: list[Block], x: Tensor, bf16: bool = False) -> Tensor:
     h = _channels_last(x)
     for b in blocks:
         h = _block(b, h, bf16)
@@ -252,7 +191,7 @@ def _conv(h: Tensor, conv: nn.Conv2d, bias: Tensor | None, bf16: bool) -> Tensor
     return F.conv2d(h.to(low), conv.weight.to(low), b, padding=conv.padding).float()
 
 
-def _block(b: _Block, h: Tensor, bf16: bool = False) -> Tensor:
+def _block(b: Block, h: Tensor, bf16: bool = False) -> Tensor:
     conv = b.conv
     if b.norm is None:
         z = _conv(h, conv, conv.bias, bf16).relu_()

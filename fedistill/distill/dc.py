@@ -83,6 +83,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedistill.augment import DSA, default_strategy, parse_strategy
+from fedistill.convblocks import is_pool2
 from fedistill.data import LabeledImages
 from fedistill.distill import register
 from fedistill.distill._common import (
@@ -94,7 +95,7 @@ from fedistill.distill._common import (
     present_classes,
     seeded,
 )
-from fedistill.distill._fast_convnet import is_pool2, single_threaded
+from fedistill.distill._fast_convnet import single_threaded
 from fedistill.errors import ConfigError
 from fedistill.models import MODELS, NORMS, ConvNet, build_model
 from fedistill.progress import progress_bar
