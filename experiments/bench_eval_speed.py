@@ -8,6 +8,9 @@ interleaved round by round after a warm-up of each:
 * ``ours-M{1,4,16}``: :func:`fedistill.trainer.train_many` training M models at once (M seeds,
   each its own init, batch order and augmentation draws; one single-threaded worker per thread;
   batches in chunks of :func:`fedistill.trainer.auto_chunk` images, as ``evaluate`` runs it);
+* ``ours-M16-modules`` (``--unfused``): the same at the largest M through the network's own
+  modules (``fast=False``) instead of the fused block of :mod:`fedistill.convblocks` — the same
+  trajectories bit for bit, so only the time differs;
 * ``reference``: a re-creation of the reference's ``evaluate_synset`` (``utils.py`` of
   VICO-UoE/DatasetCondensation) run for ``--reference-models`` models one after another: a
   ``DataLoader`` over a ``TensorDataset`` (shuffle, batch 256), its ``DiffAugment`` with
@@ -240,7 +243,9 @@ def run_dataset(name: str, train: LabeledImages, test: LabeledImages, args) -> d
 
     trained: dict[str, list[nn.Module]] = {}
 
-    def ours(m: int, precision: str = "fp32") -> Callable[[int], float]:
+    def ours(m: int, precision: str = "fp32", fast: bool = True) -> Callable[[int], float]:
+        key = f"ours-M{m}" + ("-bf16" if precision == "bf16" else "") + ("" if fast else "-modules")
+
         def run(r: int) -> float:
             models, gens = [], []
             for k in range(m):
@@ -250,8 +255,16 @@ def run_dataset(name: str, train: LabeledImages, test: LabeledImages, args) -> d
                 models.append(our_net(info, args.width, args.depth))
             t0 = time.perf_counter()
             chunk = None if args.no_chunk else auto_chunk(models[0])
-            trained[f"ours-M{m}" + ("-bf16" if precision == "bf16" else "")] = train_many(
-                models, x, y, cfg, gens, augment=augment, chunk=chunk, precision=precision
+            trained[key] = train_many(
+                models,
+                x,
+                y,
+                cfg,
+                gens,
+                augment=augment,
+                chunk=chunk,
+                precision=precision,
+                fast=fast,
             )
             return time.perf_counter() - t0
 
@@ -269,11 +282,15 @@ def run_dataset(name: str, train: LabeledImages, test: LabeledImages, args) -> d
     runners: dict[str, tuple[Callable[[int], float], int, int]] = {}  # fn, models, epochs run
     rss: dict[str, float] = {}
     order = [("ours-M1", 1), ("reference", 0)] + [(f"ours-M{m}", m) for m in args.models if m > 1]
+    if args.unfused:
+        order.append((f"ours-M{max(args.models)}-modules", max(args.models)))
     if args.bf16:
         order.append((f"ours-M{max(args.models)}-bf16", max(args.models)))
     for key, m in order:
         if key == "reference":
             runners[key] = (reference, args.reference_models, args.epochs + 1)
+        elif key.endswith("-modules"):
+            runners[key] = (ours(m, fast=False), m, args.epochs)
         elif key.endswith("-bf16"):
             runners[key] = (ours(m, "bf16"), m, args.epochs)
         elif m in args.models:
@@ -434,6 +451,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-chunk", action="store_true", help="ours on whole batches")
     p.add_argument("--bf16", action="store_true", help="also time ours at the largest M in bf16")
+    p.add_argument(
+        "--unfused",
+        action="store_true",
+        help="also time ours at the largest M through the plain modules (train_many(fast=False)),"
+        " so the fused ConvNet block's gain is measured in the same rounds",
+    )
     p.add_argument(
         "--accuracy-epochs",
         type=int,
