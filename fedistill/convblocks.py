@@ -300,6 +300,7 @@ def _analytic_first(b: Block, x: Tensor) -> bool:
     patch = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
     return (
         b.norm is not None
+        and _is_plain_conv(conv)
         and patch <= ANALYTIC_PATCH_MAX
         and not x.requires_grad
         and x.dtype in (torch.float32, torch.float64)
@@ -307,18 +308,26 @@ def _analytic_first(b: Block, x: Tensor) -> bool:
     )
 
 
+def first_block(b: Block, x: Tensor) -> Tensor | None:
+    """Block ``b`` (a network's first) on ``x`` through the patch path of :class:`_FirstBlock`,
+    or ``None`` where that path does not apply (``x`` needs a gradient, no norm, a large
+    patch, autocast on)."""
+    if not _analytic_first(b, x):
+        return None
+    conv, norm = b.conv, b.norm
+    assert norm is not None
+    return _FirstBlock.apply(
+        x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps, conv.padding, b.pool
+    )
+
+
 def logits(net: nn.Module, blocks: list[Block], x: Tensor) -> Tensor:
-    """``net(x)`` for a ConvNet whose blocks are ``blocks``, through :func:`norm_relu_pool`."""
-    h = x
-    for i, b in enumerate(blocks):
+    """``net(x)`` for a ConvNet whose blocks are ``blocks``: the first by :func:`first_block`
+    where it applies, every other through :func:`norm_relu_pool`."""
+    first = first_block(blocks[0], x)
+    h, rest = (x, blocks) if first is None else (first, blocks[1:])
+    for b in rest:
         conv = b.conv
-        if i == 0 and _analytic_first(b, x):
-            norm = b.norm
-            assert norm is not None
-            h = _FirstBlock.apply(
-                x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps, conv.padding, b.pool
-            )
-            continue
         h = F.conv2d(h, conv.weight, conv.bias, padding=conv.padding)
         h = norm_relu_pool(h, b.norm, b.pool)
     return net.classifier(h.flatten(1))
