@@ -86,7 +86,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedistill.augment import DSA, default_strategy, parse_strategy
-from fedistill.convblocks import Block, first_block, is_pool2
+from fedistill.convblocks import Block, first_block, plan
 from fedistill.data import LabeledImages
 from fedistill.distill import register
 from fedistill.distill._common import (
@@ -335,32 +335,6 @@ class _AvgPool2(torch.autograd.Function):
         return up
 
 
-def _blocks(net: nn.Module) -> list[tuple[nn.Conv2d, nn.GroupNorm | None, bool]] | None:
-    """``(conv, norm, pool)`` per block of a plain ConvNet (``Conv2d → instance norm or
-    Identity → ReLU → optional AvgPool2d(2)``), or ``None`` for any other network."""
-    if not isinstance(net, ConvNet):
-        return None
-    mods, blocks, i = list(net.features), [], 0
-    while i < len(mods):
-        if i + 2 >= len(mods):
-            return None
-        conv, norm, act = mods[i : i + 3]
-        plain_conv = isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros"
-        if not plain_conv or type(act) is not nn.ReLU:
-            return None
-        if isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels:
-            kept: nn.GroupNorm | None = norm
-        elif type(norm) is nn.Identity:
-            kept = None
-        else:
-            return None
-        i += 3
-        pool = i < len(mods) and is_pool2(mods[i])
-        i += pool
-        blocks.append((conv, kept, pool))
-    return blocks or None
-
-
 def _conv(h: Tensor, conv: nn.Conv2d) -> Tensor:
     """``conv(h)``; a convolution with few inputs per output (the first layer: 9 for MNIST) as
     one batched matrix product over the unfolded patches, which oneDNN's direct kernel runs
@@ -383,29 +357,28 @@ def _conv(h: Tensor, conv: nn.Conv2d) -> Tensor:
     return out.view(n, conv.out_channels, ho, wo)
 
 
-def fast_logits(
-    net: nn.Module, blocks: list[tuple[nn.Conv2d, nn.GroupNorm | None, bool]], x: Tensor
-) -> Tensor:
+def fast_logits(net: nn.Module, blocks: list[Block], x: Tensor) -> Tensor:
     """``net(x)`` for a plain ConvNet whose blocks are ``blocks`` (see :func:`fast_forward`),
     with :class:`_AvgPool2` and an in-place ReLU, and for a constant ``x`` (real batches, the
     detached set of the inner loop) the first block from its input patches
     (:func:`fedistill.convblocks.first_block`, the trainer's); equal to ``net(x)`` up to float
     rounding, and differentiable in the parameters (and ``x``) to first order."""
-    first = first_block(Block(*blocks[0]), x)  # training images: from the patches
+    first = first_block(blocks[0], x)  # training images: from the patches
     h, rest = (x, blocks) if first is None else (first, blocks[1:])
-    for conv, norm, pool in rest:
-        h = _conv(h, conv)
-        if norm is not None:
-            h = F.group_norm(h, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    for b in rest:
+        h = _conv(h, b.conv)
+        if b.norm is not None:
+            h = F.group_norm(h, b.norm.num_groups, b.norm.weight, b.norm.bias, b.norm.eps)
         h = F.relu(h, inplace=True)  # the conv's and the norm's backward do not keep h
-        if pool:
+        if b.pool:
             h = _AvgPool2.apply(h)
     return net.classifier(h.flatten(1))
 
 
 def fast_forward(net: nn.Module) -> Callable[[Tensor], Tensor] | None:
-    """``x ↦ fast_logits(net, blocks, x)`` for a plain ConvNet, ``None`` for other networks."""
-    blocks = _blocks(net)
+    """``x ↦ fast_logits(net, blocks, x)`` for a plain ConvNet (the blocks
+    :func:`fedistill.convblocks.plan` recognises), ``None`` for other networks."""
+    blocks = plan(net) if isinstance(net, ConvNet) else None
     if blocks is None:
         return None
     return lambda x: fast_logits(net, blocks, x)
