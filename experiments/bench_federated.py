@@ -313,11 +313,15 @@ def flower_overhead(data_root: Path, b: Budget, seed: int, alpha: float = 0.5) -
     if b.batch_real:
         run_config["method-options"] = f"batch_real={b.batch_real}"
     known = load_toml(REPO / "pyproject.toml")
-    known_keys = set(known.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
+    known_keys = _config_keys(
+        known.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
+    )
     if "results-dir" in known_keys:
         run_config["results-dir"] = str(work / "results")
     dropped = sorted(set(run_config) - known_keys)
-    for key in dropped:  # keys this version of the app does not take
+    if dropped:  # keys this version of the app does not take: say so, the budget differs
+        log.warning("the app takes no %s: the Flower run leaves them at its defaults", dropped)
+    for key in dropped:
         run_config.pop(key)
     fed_config = f"num-supernodes={b.clients} client-resources-num-cpus=1 init-args-num-cpus=1"
     argv = [str(BIN / "flwr"), "run", str(app), "bench", "--stream"]
@@ -528,6 +532,18 @@ def plot(alpha_runs: dict[str, Any], out_dir: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _config_keys(table: dict[str, Any], prefix: str = "") -> set[str]:
+    """The run-config keys of ``[tool.flwr.app.config]``: nested tables as dotted keys
+    (``[...config.eval] epochs`` is ``eval.epochs``), as ``flwr run --run-config`` takes them."""
+    keys: set[str] = set()
+    for name, value in table.items():
+        if isinstance(value, dict):
+            keys |= _config_keys(value, f"{prefix}{name}.")
+        else:
+            keys.add(prefix + name)
+    return keys
 
 
 def flower_only(args: argparse.Namespace) -> int:
