@@ -326,8 +326,9 @@ def flower_overhead(data_root: Path, b: Budget, seed: int, alpha: float = 0.5) -
     fed_config = f"num-supernodes={b.clients} client-resources-num-cpus=1 init-args-num-cpus=1"
     argv = [str(BIN / "flwr"), "run", str(app), "bench", "--stream"]
     argv += ["--federation-config", fed_config]
-    for k, v in run_config.items():
-        argv += ["--run-config", f"{k}={toml_value(v)}"]
+    # one --run-config for all keys: Flower parses each flag as its own TOML document and
+    # merges them by top-level table, so a second ``eval.*`` flag would drop the first
+    argv += ["--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())]
 
     link = subprocess.Popen(
         [

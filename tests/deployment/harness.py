@@ -556,8 +556,11 @@ class Deployment:
     def submit(self, app: Path, run_config: Mapping[str, Any] | None = None) -> int:
         """``flwr run APP CONNECTION --run-config ...``; returns the run ID."""
         args = ["run", str(app), self.connection, "--format", "json"]
-        for key, value in (run_config or {}).items():
-            args += ["--run-config", f"{key}={toml_value(value)}"]
+        if run_config:
+            # one flag for all keys: Flower parses each --run-config as its own TOML document
+            # and merges them by top-level table, so a second eval.* flag drops the first
+            pairs = (f"{key}={toml_value(value)}" for key, value in run_config.items())
+            args += ["--run-config", " ".join(pairs)]
         out = self.flwr(*args).stdout
         payload = json.loads(out[out.index("{") :])
         if not payload.get("success"):
