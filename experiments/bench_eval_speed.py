@@ -9,8 +9,8 @@ interleaved round by round after a warm-up of each:
   each its own init, batch order and augmentation draws; one single-threaded worker per thread;
   batches in chunks of :func:`fedistill.trainer.auto_chunk` images, as ``evaluate`` runs it);
 * ``ours-M16-modules`` (``--unfused``): the same at the largest M through the network's own
-  modules (``fast=False``) instead of the fused blocks of :mod:`fedistill.convblocks` — the
-  same network to float rounding, so only the time differs;
+  modules (``fast=False``) instead of the fused block of :mod:`fedistill.convblocks` — the same
+  trajectories bit for bit, so only the time differs;
 * ``reference``: a re-creation of the reference's ``evaluate_synset`` (``utils.py`` of
   VICO-UoE/DatasetCondensation) run for ``--reference-models`` models one after another: a
   ``DataLoader`` over a ``TensorDataset`` (shuffle, batch 256), its ``DiffAugment`` with

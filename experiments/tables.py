@@ -653,9 +653,8 @@ def eval_speed_table() -> str:
         plain = mnist["results"][key]["model_epochs_per_second"]
         lines.append(
             f"`{key}`: the same trainer through the network's own modules instead of the fused "
-            "blocks (`fedistill/convblocks.py`: norm, ReLU and pooling as one node, bit for bit; "
-            "the first block from its input patches, to float rounding; "
-            f"`tests/fedistill/test_convblocks.py`): the fused blocks give {fused / plain:.2f}× "
+            "norm-ReLU-pooling block (`fedistill/convblocks.py`, the same trajectories bit for "
+            f"bit, `tests/fedistill/test_convblocks.py`): the block gives {fused / plain:.2f}× "
             "on MNIST in the same rounds."
         )
     bf = mnist.get("bf16_accuracy_effect")

@@ -2,11 +2,9 @@
 
 A ConvNet block is ``Conv2d → instance norm (or none) → ReLU → [AvgPool2d(2)]``.
 :func:`plan` recognises a network built of such blocks; :func:`training_forward` returns a
-function computing the network's logits for training, in less time on a CPU than
-``model(x)``: every block through :func:`norm_relu_pool` (the same outputs and gradients as the
-modules, bit for bit), except the first block on a constant input (training images), which
-takes the patch path of :class:`_FirstBlock` (the same to float rounding; float64 agrees to
-1e-9, ``tests/fedistill/test_convblocks.py``).
+function computing the network's logits through :func:`norm_relu_pool`, which trains the same
+network as ``model(x)`` — the same outputs and the same gradients, bit for bit
+(``tests/fedistill/test_convblocks.py``) — in less time on a CPU.
 
 **Where the time went.** Training ConvNet-128-3 on MNIST-sized images on one thread (chunks of
 10 images, reference geometry: the first block's map is 128 × 32 × 32 per image), about half of
@@ -29,22 +27,11 @@ against 0.6 ms for the same sums as strided adds.
   for bit: the same kernels on the same values, without the zero fill and the full-size pooled
   gradient.
 
-**The first block from its patches** (:class:`_FirstBlock`). The first convolution sees few
-values per output (``K = C_in·3·3``: 9 for MNIST), yet its output is the network's largest map
-(128 × 32 × 32 per MNIST image in the reference geometry); oneDNN computes it at a few GFLOP/s,
-and the norm's and convolution's backward passes read and write it several times. With
-``u_p`` the patch at position ``p``, ``m`` and ``C`` the patches' mean and covariance (per
-image, float64, as DM's frozen path), instance norm's statistics are ``μ = w·m + b`` and
-``σ² = wᵀ C w``, so the block is ``relu((a w)·u_p + β − a w·m)`` with ``a = γ/σ`` per image and
-channel: one batched product of per-image weights with the unfolded patches (the conv bias
-cancels; its gradient is exactly 0, where autograd returns rounding noise). The backward needs
-per image and channel only ``Σ_p g_p u_p`` and ``Σ_p g_p`` (``g`` the gradient at the ReLU's
-input; one batched product with the patches and a row of ones): with ``D = Σ_p g_p (u_p − m)``
-and ``t = w·D``, ``∂L/∂β = Σ g``, ``∂L/∂γ = Σ_n t/σ``,
-``∂L/∂w = γ Σ_n (D/σ − t C w/σ³)``. Taken when the input needs no gradient, the block has a
-norm, ``K ≤ ANALYTIC_PATCH_MAX`` and autocast is off. Measured here (one thread,
-ConvNet-128-3, 100 MNIST-sized images, DSA, chunks of 10, interleaved on a busy 2-core AMD
-EPYC), steps per second over ``model(x)``: 1.43× with the generic blocks, 1.62× with this one.
+**Measured** (one thread, ConvNet-128-3, a random IPC-10 set of the MNIST subset, DSA, chunks
+of 10, interleaved, AMD EPYC): 1.19× the steps per second of ``model(x)``; two workers training
+six models at once, 1.13–1.25×. (On random normal images instead of real ones the modules are
+slower and the gain looks larger, 1.3–2×: measure on real data.) Computing the first block from
+its input patches, as DM's frozen path does, was tried and dropped: no faster on real images.
 
 The backward is not differentiable again: asking for a gradient with ``create_graph=True``
 through the block raises (a silent first-order answer would be wrong); second-order uses (DC's
@@ -64,9 +51,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-# The first block takes the patch path when a patch has at most this many values (9 for MNIST).
-ANALYTIC_PATCH_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -170,16 +154,6 @@ def _unpool_relu(g: Tensor, h: Tensor) -> Tensor:
     return out
 
 
-def _refuse_second_order() -> None:
-    # a backward runs with grad mode on only under create_graph=True, which its ops would not
-    # record correctly: refuse rather than return a silently first-order gradient
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "the fused ConvNet block has no second-order gradient; "
-            "compute this one through the network's own forward"
-        )
-
-
 class _NormReluPool(torch.autograd.Function):
     """``[avg_pool2](relu(instance_norm(z)))``; ``weight is None``: no norm."""
 
@@ -202,7 +176,11 @@ class _NormReluPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        _refuse_second_order()
+        if torch.is_grad_enabled():  # create_graph=True: the ops below would not record it
+            raise RuntimeError(
+                "the fused ConvNet block has no second-order gradient; "
+                "compute this one through the network's own forward"
+            )
         h, *stats = ctx.saved_tensors
         if ctx.pool:
             gv = _unpool_relu(g, h)
@@ -227,106 +205,10 @@ def norm_relu_pool(z: Tensor, norm: nn.GroupNorm | None, pool: bool) -> Tensor:
     return _NormReluPool.apply(z, norm.weight, norm.bias, norm.eps, pool)
 
 
-class _FirstBlock(torch.autograd.Function):
-    """``[avg_pool2](relu(instance_norm(conv(x))))`` for a constant ``x`` and a convolution
-    with few inputs per output (the first layer): statistics from the input patches, the norm
-    folded into per-image weights, and a backward that never forms the convolution's output
-    gradient (see the module docstring)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        weight: Tensor,
-        bias: Tensor | None,
-        gamma: Tensor,
-        beta: Tensor,
-        eps: float,
-        padding: tuple[int, int],
-        pool: bool,
-    ) -> Tensor:
-        n, cout = x.shape[0], weight.shape[0]
-        kh, kw = weight.shape[-2:]
-        height = x.shape[-2] + 2 * padding[0] - kh + 1
-        width = x.shape[-1] + 2 * padding[1] - kw + 1
-        cols = F.unfold(x, (kh, kw), padding=padding)  # n × K × P: every output's patch
-        k, p = cols.shape[1:]
-        patches = cols.double()
-        m = patches.mean(-1)  # n × K
-        cov = patches @ patches.transpose(1, 2) / p - m.unsqueeze(2) * m.unsqueeze(1)
-        w = weight.reshape(cout, k).double()
-        cov_w = cov @ w.t()  # n × K × C: C_n w_c per channel
-        rstd = ((cov_w * w.t()).sum(1).clamp_min(0) + eps).rsqrt()  # n × C
-        a = gamma.double() * rstd
-        # a·(z − μ) + β = (a w)·u + β − a (w·m): the conv bias cancels; the shift rides on a
-        # row of ones, so one batched product gives the normalised map
-        scale_shift = torch.cat(
-            [a.unsqueeze(2) * w, (beta.double() - a * (m @ w.t()))[..., None]], 2
-        )
-        cols = torch.cat([cols, cols.new_ones(n, 1, p)], 1)  # n × (K + 1) × P
-        h = torch.bmm(scale_shift.to(x.dtype), cols).relu_().view(n, cout, height, width)
-        ctx.save_for_backward(cols, h, m, cov_w, rstd, w, gamma)
-        ctx.pool, ctx.no_bias, ctx.weight_shape = pool, bias is None, weight.shape
-        return avg_pool2(h) if pool else h
-
-    @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        _refuse_second_order()
-        cols, h, m, cov_w, rstd, w, gamma = ctx.saved_tensors
-        n, cout = h.shape[:2]
-        if ctx.pool:
-            gv = _unpool_relu(g, h)
-        else:
-            gv = torch.ops.aten.threshold_backward(g.contiguous(), h, 0)
-        # per image and channel: Σ_p gv_p u_p (K values) and Σ_p gv_p (the ones row)
-        sums = torch.bmm(gv.view(n, cout, -1), cols.transpose(1, 2)).double()
-        s1 = sums[..., -1]
-        d = sums[..., :-1] - s1.unsqueeze(2) * m.unsqueeze(1)  # Σ_p gv_p (u_p − m)
-        t = (d * w).sum(-1)  # Σ_p gv_p (x̂_p / rstd)
-        dgamma = (rstd * t).sum(0)
-        dbeta = s1.sum(0)
-        # x̂ = w·(u − m) · rstd with rstd = (wᵀ C w + eps)^(-1/2)
-        dw = gamma.double().unsqueeze(1) * (
-            rstd.unsqueeze(2) * d - (rstd**3 * t).unsqueeze(2) * cov_w.transpose(1, 2)
-        ).sum(0)
-        dtype = gamma.dtype
-        dbias = None if ctx.no_bias else torch.zeros(w.shape[0], dtype=dtype, device=w.device)
-        dw = dw.to(dtype).view(ctx.weight_shape)
-        return None, dw, dbias, dgamma.to(dtype), dbeta.to(dtype), None, None, None
-
-
-def _analytic_first(b: Block, x: Tensor) -> bool:
-    conv = b.conv
-    patch = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-    return (
-        b.norm is not None
-        and _is_plain_conv(conv)
-        and patch <= ANALYTIC_PATCH_MAX
-        and not x.requires_grad
-        and x.dtype in (torch.float32, torch.float64)
-        and not torch.is_autocast_enabled(x.device.type)
-    )
-
-
-def first_block(b: Block, x: Tensor) -> Tensor | None:
-    """Block ``b`` (a network's first) on ``x`` through the patch path of :class:`_FirstBlock`,
-    or ``None`` where that path does not apply (``x`` needs a gradient, no norm, a large
-    patch, autocast on)."""
-    if not _analytic_first(b, x):
-        return None
-    conv, norm = b.conv, b.norm
-    assert norm is not None
-    return _FirstBlock.apply(
-        x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps, conv.padding, b.pool
-    )
-
-
 def logits(net: nn.Module, blocks: list[Block], x: Tensor) -> Tensor:
-    """``net(x)`` for a ConvNet whose blocks are ``blocks``: the first by :func:`first_block`
-    where it applies, every other through :func:`norm_relu_pool`."""
-    first = first_block(blocks[0], x)
-    h, rest = (x, blocks) if first is None else (first, blocks[1:])
-    for b in rest:
+    """``net(x)`` for a ConvNet whose blocks are ``blocks``, through :func:`norm_relu_pool`."""
+    h = x
+    for b in blocks:
         conv = b.conv
         h = F.conv2d(h, conv.weight, conv.bias, padding=conv.padding)
         h = norm_relu_pool(h, b.norm, b.pool)

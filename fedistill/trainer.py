@@ -24,13 +24,12 @@ stay in the core's cache — measured here (1 thread per model, ConvNet-128-3 on
 images, reference geometry) a step takes about half the time in chunks of 10 as in one piece.
 :func:`auto_chunk` picks a chunk for a ConvNet from a cache budget for its first activation.
 
-**The fused blocks.** A ConvNet's steps run through
+**The fused block.** A ConvNet's steps run through
 :func:`fedistill.convblocks.training_forward`: each block's norm, ReLU and pooling as one
-autograd node (the modules' outputs and gradients bit for bit, without the slow NCHW pooling
-kernels and the full-size pooled gradient), and the first block computed from its input
-patches (equal to float rounding). Measured here (one thread, ConvNet-128-3 on 100 MNIST-sized
-images with DSA, interleaved on a busy 2-core AMD EPYC): 1.62× the steps per second of
-``model(x)``. ``fast=False`` trains through ``model(x)``.
+autograd node whose forward and gradients equal the modules' bit for bit, without the slow NCHW
+pooling kernels and the full-size pooled gradient (measured here, one thread, ConvNet-128-3 on a
+random IPC-10 set of the MNIST subset with DSA, interleaved, AMD EPYC: 1.19× the steps per
+second of ``model(x)``). ``fast=False`` trains through ``model(x)``; the trajectory is the same.
 
 **bf16 (opt-in).** ``precision="bf16"`` runs each forward (and so its backward) under
 ``torch.autocast`` with bfloat16 — convolutions and the linear layer in bf16 on CPUs with bf16
@@ -139,7 +138,7 @@ def train_classifier(
     accumulating the gradient (see the module docstring); ``None`` or a model with batch norm:
     whole batches. ``precision``: ``"fp32"``, or ``"bf16"`` (autocast; see the module docstring).
     ``fast``: a ConvNet's steps through :func:`fedistill.convblocks.training_forward` (the same
-    network to float rounding, in less time); ``False``: through ``model(x)``.
+    outputs and gradients bit for bit, in less time); ``False``: through ``model(x)``.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")

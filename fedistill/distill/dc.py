@@ -56,10 +56,7 @@ convolution as a matrix product over unfolded patches and 2×2 pooling as stride
 layers whose oneDNN/NCHW kernels were slowest — equal to ``net(x)`` up to float rounding
 (``tests/fedistill/test_dc_fast.py``); measured on one thread at load 12–16 (noisy), CPU
 seconds for one class's 256 real images 0.74 → 0.64, for one inner step on 100 images
-0.289 → 0.278. On constant inputs (every piece: real batches, and the inner loop's detached set)
-the first block is computed from its patches as the trainer computes it
-(:func:`fedistill.convblocks.first_block`): 1.08–1.26× per piece on one thread (reference
-geometry, 16 and 100 images, interleaved, busy machine). ``experiments/bench_dc_speed.py`` times the CLI against the official ``main.py``.
+0.289 → 0.278. ``experiments/bench_dc_speed.py`` times the CLI against the official ``main.py``.
 
 Measured on mnist-subset, CPU seconds per outer iteration on one thread (a busy shared
 2-core machine, so ± 10 %): IPC 1 ≈ 3.9 s (7.5 s at ``batch_real=256``; the same algorithm
@@ -86,7 +83,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedistill.augment import DSA, default_strategy, parse_strategy
-from fedistill.convblocks import Block, first_block, plan
+from fedistill.convblocks import Block, plan
 from fedistill.data import LabeledImages
 from fedistill.distill import register
 from fedistill.distill._common import (
@@ -359,13 +356,10 @@ def _conv(h: Tensor, conv: nn.Conv2d) -> Tensor:
 
 def fast_logits(net: nn.Module, blocks: list[Block], x: Tensor) -> Tensor:
     """``net(x)`` for a plain ConvNet whose blocks are ``blocks`` (see :func:`fast_forward`),
-    with :class:`_AvgPool2` and an in-place ReLU, and for a constant ``x`` (real batches, the
-    detached set of the inner loop) the first block from its input patches
-    (:func:`fedistill.convblocks.first_block`, the trainer's); equal to ``net(x)`` up to float
-    rounding, and differentiable in the parameters (and ``x``) to first order."""
-    first = first_block(blocks[0], x)  # training images: from the patches
-    h, rest = (x, blocks) if first is None else (first, blocks[1:])
-    for b in rest:
+    with :class:`_AvgPool2` and an in-place ReLU; equal to ``net(x)`` up to float rounding, and
+    differentiable in the parameters (and ``x``) as usual."""
+    h = x
+    for b in blocks:
         h = _conv(h, b.conv)
         if b.norm is not None:
             h = F.group_norm(h, b.norm.num_groups, b.norm.weight, b.norm.bias, b.norm.eps)
