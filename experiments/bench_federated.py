@@ -68,8 +68,8 @@ from fedistill.errors import FedistillError
 from fedistill.evaluate import EvalConfig
 from fedistill.federated import simulate_fedavg, simulate_feddm
 from fedistill.models import DEFAULT_GEOMETRY
-from fedistill.tomlfile import load_toml
-from server.staging import stage_app, toml_value
+from server.cli import project_config
+from server.staging import run_config_arg, stage_app
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist-subset"
@@ -312,10 +312,7 @@ def flower_overhead(data_root: Path, b: Budget, seed: int, alpha: float = 0.5) -
     }
     if b.batch_real:
         run_config["method-options"] = f"batch_real={b.batch_real}"
-    known = load_toml(REPO / "pyproject.toml")
-    known_keys = _config_keys(
-        known.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
-    )
+    known_keys = set(project_config(REPO))  # nested tables as dotted keys (eval.epochs)
     if "results-dir" in known_keys:
         run_config["results-dir"] = str(work / "results")
     dropped = sorted(set(run_config) - known_keys)
@@ -326,9 +323,7 @@ def flower_overhead(data_root: Path, b: Budget, seed: int, alpha: float = 0.5) -
     fed_config = f"num-supernodes={b.clients} client-resources-num-cpus=1 init-args-num-cpus=1"
     argv = [str(BIN / "flwr"), "run", str(app), "bench", "--stream"]
     argv += ["--federation-config", fed_config]
-    # one --run-config for all keys: Flower parses each flag as its own TOML document and
-    # merges them by top-level table, so a second ``eval.*`` flag would drop the first
-    argv += ["--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())]
+    argv += ["--run-config", run_config_arg(run_config)]
 
     link = subprocess.Popen(
         [
@@ -533,18 +528,6 @@ def plot(alpha_runs: dict[str, Any], out_dir: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
-
-
-def _config_keys(table: dict[str, Any], prefix: str = "") -> set[str]:
-    """The run-config keys of ``[tool.flwr.app.config]``: nested tables as dotted keys
-    (``[...config.eval] epochs`` is ``eval.epochs``), as ``flwr run --run-config`` takes them."""
-    keys: set[str] = set()
-    for name, value in table.items():
-        if isinstance(value, dict):
-            keys |= _config_keys(value, f"{prefix}{name}.")
-        else:
-            keys.add(prefix + name)
-    return keys
 
 
 def flower_only(args: argparse.Namespace) -> int:

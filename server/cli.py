@@ -51,7 +51,7 @@ def _flwr_app(root: Path) -> dict[str, Any]:
         raise RunError(f"{root / 'pyproject.toml'} has no [tool.flwr.app] table") from None
 
 
-def _project_config(root: Path) -> dict[str, Any]:
+def project_config(root: Path) -> dict[str, Any]:
     """The app's run config as Flower reads it: nested tables flattened to dotted keys."""
     from flwr.common.config import flatten_dict
 
@@ -196,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     root = Path(args.project).resolve()
     if not (root / "pyproject.toml").is_file():
         raise RunError(f"no pyproject.toml in {root}")
-    known = _project_config(root)
+    known = project_config(root)
     overrides = parse_run_config(args.run_config or "", known)
     strategy = args.strategy or overrides.get("strategy", known.get("strategy"))
     for key, value in (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +46,12 @@ def toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     return json.dumps(str(value))
+
+
+def run_config_arg(run_config: Mapping[str, Any]) -> str:
+    """The value of one ``flwr run --run-config`` flag setting every key of ``run_config``.
+
+    One flag for all keys: Flower parses each ``--run-config`` as its own TOML document and
+    merges them by top-level table, so ``eval.num-models`` in a second flag drops an
+    ``eval.epochs`` given in the first."""
+    return " ".join(f"{key}={toml_value(value)}" for key, value in run_config.items())

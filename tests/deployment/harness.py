@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.staging import toml_value
+from server.staging import run_config_arg
 
 HOST = "127.0.0.1"
 VENV_BIN = Path(sys.executable).parent
@@ -557,10 +557,7 @@ class Deployment:
         """``flwr run APP CONNECTION --run-config ...``; returns the run ID."""
         args = ["run", str(app), self.connection, "--format", "json"]
         if run_config:
-            # one flag for all keys: Flower parses each --run-config as its own TOML document
-            # and merges them by top-level table, so a second eval.* flag drops the first
-            pairs = (f"{key}={toml_value(value)}" for key, value in run_config.items())
-            args += ["--run-config", " ".join(pairs)]
+            args += ["--run-config", run_config_arg(run_config)]
         out = self.flwr(*args).stdout
         payload = json.loads(out[out.index("{") :])
         if not payload.get("success"):
