@@ -205,14 +205,20 @@ def norm_relu_pool(z: Tensor, norm: nn.GroupNorm | None, pool: bool) -> Tensor:
     return _NormReluPool.apply(z, norm.weight, norm.bias, norm.eps, pool)
 
 
-def logits(net: nn.Module, blocks: list[Block], x: Tensor) -> Tensor:
-    """``net(x)`` for a ConvNet whose blocks are ``blocks``, through :func:`norm_relu_pool`."""
+def embedding(blocks: list[Block], x: Tensor) -> Tensor:
+    """``net.embed(x)`` for a ConvNet whose blocks are ``blocks``, through
+    :func:`norm_relu_pool`."""
     h = x
     for b in blocks:
         conv = b.conv
         h = F.conv2d(h, conv.weight, conv.bias, padding=conv.padding)
         h = norm_relu_pool(h, b.norm, b.pool)
-    return net.classifier(h.flatten(1))
+    return h.flatten(1)
+
+
+def logits(net: nn.Module, blocks: list[Block], x: Tensor) -> Tensor:
+    """``net(x)`` for a ConvNet whose blocks are ``blocks``, through :func:`norm_relu_pool`."""
+    return net.classifier(embedding(blocks, x))
 
 
 def _has_hooks(net: nn.Module) -> bool:
@@ -222,14 +228,32 @@ def _has_hooks(net: nn.Module) -> bool:
     )
 
 
-def training_forward(net: nn.Module) -> Callable[[Tensor], Tensor]:
-    """A function computing ``net(x)`` for training: through :func:`logits` for a
-    :class:`~fedistill.models.ConvNet` of plain blocks (its own ``forward``, no hooks on its
-    modules), ``net`` itself otherwise."""
+def _fused_plan(net: nn.Module) -> list[Block] | None:
+    """The blocks of a :class:`~fedistill.models.ConvNet` of plain blocks with its own
+    ``forward`` and ``embed`` and no hooks on its modules; ``None`` for any other network."""
     from fedistill.models import ConvNet
 
     own = type(net).forward is ConvNet.forward and type(net).embed is ConvNet.embed
     blocks = plan(net) if isinstance(net, ConvNet) and own else None
     if blocks is None or _has_hooks(net):
+        return None
+    return blocks
+
+
+def training_forward(net: nn.Module) -> Callable[[Tensor], Tensor]:
+    """A function computing ``net(x)`` for training: through :func:`logits` for a
+    :class:`~fedistill.models.ConvNet` of plain blocks (its own ``forward``, no hooks on its
+    modules), ``net`` itself otherwise."""
+    blocks = _fused_plan(net)
+    if blocks is None:
         return net
     return lambda x: logits(net, blocks, x)
+
+
+def training_embed(net: nn.Module) -> Callable[[Tensor], Tensor]:
+    """A function computing ``net.embed(x)`` with first-order gradients: through
+    :func:`embedding` where :func:`training_forward` would fuse, ``net.embed`` otherwise."""
+    blocks = _fused_plan(net)
+    if blocks is None:
+        return net.embed
+    return lambda x: embedding(blocks, x)

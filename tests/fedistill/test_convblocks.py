@@ -8,7 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedistill.augment import DSA, default_strategy
-from fedistill.convblocks import avg_pool2, norm_relu_pool, plan, training_forward
+from fedistill.convblocks import (
+    avg_pool2,
+    norm_relu_pool,
+    plan,
+    training_embed,
+    training_forward,
+)
 from fedistill.data import DIGITS_INFO, DatasetInfo
 from fedistill.distill._fast_convnet import single_threaded
 from fedistill.evaluate import EvalConfig
@@ -73,6 +79,25 @@ def test_training_forward_gives_the_networks_logits_and_gradients_bit_for_bit(in
     plain = torch.autograd.grad(F.cross_entropy(net(x), y), params)
     for a, b in zip(fast, plain, strict=True):
         assert torch.equal(a, b)
+
+
+def test_training_embed_gives_the_embedding_and_its_input_gradient_bit_for_bit():
+    torch.manual_seed(0)
+    net = build_model("convnet", MNIST_LIKE, width=16).train()
+    for p in net.parameters():  # DM's frozen ψ: only the images get gradients
+        p.requires_grad_(False)
+    embed = training_embed(net)
+    assert embed != net.embed
+    x = torch.randn(5, 1, 28, 28, requires_grad=True)
+    upstream = torch.randn(5, net.embed(x).shape[1])
+    fast, plain = embed(x), net.embed(x)
+    assert torch.equal(fast, plain)
+    assert torch.equal(*(torch.autograd.grad((e * upstream).sum(), x)[0] for e in (fast, plain)))
+    hooked = build_model("convnet", MNIST_LIKE, width=8)
+    hooked.features[1].register_forward_hook(lambda *a: None)
+    assert training_embed(hooked) == hooked.embed
+    mlp = build_model("mlp", MNIST_LIKE)
+    assert training_embed(mlp) == mlp.embed
 
 
 def test_bf16_autocast_takes_the_same_path_as_the_modules():
