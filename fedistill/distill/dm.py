@@ -38,7 +38,8 @@ thread during the loop) computes the synthetic branch, differentiable, one class
 time through the fused ConvNet blocks of :mod:`fedistill.convblocks` (``ψ.embed`` for other
 networks; per class, the block's maps stay in cache: half the time of ``ψ.embed`` on the whole
 set, measured on one AMD EPYC thread for MNIST IPC 10): no OpenMP barriers, which a shared
-machine makes slow, and a result that does not depend on the thread count. ``fast_embed=False`` embeds the real batch with ``ψ.embed`` too.
+machine makes slow, and a result that does not depend on the thread count.
+``fast_embed=False`` embeds the real batch with ``ψ.embed`` too.
 ``precision="bf16"`` (opt-in) runs the real branch's deeper convolutions in bfloat16 on CPUs
 with bf16 matrix units; the synthetic branch and its gradients stay float32
 (``experiments/bench_dm_speed.py`` states the speed and the effect on the set's accuracy).
@@ -216,7 +217,7 @@ def synthetic_loss(
     # one class block at a time (its maps stay in cache) through the fused blocks: ~2× the
     # plain ψ.embed of the whole set, same embeddings up to float rounding
     embed = training_embed(target.net)
-    mean_syn = torch.stack([embed(block).mean(0) for block in x_syn.chunk(num_classes)])
+    mean_syn = class_means(torch.cat([embed(b) for b in x_syn.chunk(num_classes)]), num_classes)
     return ((target.means() - mean_syn) ** 2).sum()
 
 
