@@ -42,8 +42,6 @@ import warnings
 from dataclasses import asdict, dataclass
 
 import torch
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 
 from fedistill.errors import ConfigError, PrivacyBudgetExceeded
 
@@ -65,12 +63,17 @@ def _check_args(sample_rate: float, steps: int, delta: float, accountant: str) -
         raise ConfigError(f"delta must lie in (0, 1), got {delta}")
 
 
-def _accountant(name: str, noise_multiplier: float, sample_rate: float, steps: int):
-    """A fresh Opacus accountant holding ``steps`` steps of (σ, q): the history that
-    ``steps`` calls of ``accountant.step(noise_multiplier=σ, sample_rate=q)`` leave."""
+def _accountant(name: str, history: list[tuple[float, float, int]]):
+    """A fresh Opacus accountant holding ``history``: an entry (σ, q, steps) is what ``steps``
+    calls of ``accountant.step(noise_multiplier=σ, sample_rate=q)`` leave.
+
+    Opacus is imported here, not at the top: it costs about 1.5 s (it pulls in scipy, sympy and
+    torch.distributed), paid by every process that imports this module — each federated client
+    and the server included — and needed only where ε is computed."""
+    from opacus.accountants import create_accountant
+
     acc = create_accountant(mechanism=name)
-    if steps > 0:
-        acc.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
+    acc.history = list(history)
     return acc
 
 
@@ -90,7 +93,7 @@ def spent_epsilon(
         raise ConfigError(f"noise multiplier must be ≥ 0, got {noise_multiplier}")
     if noise_multiplier == 0:
         return math.inf
-    acc = _accountant(accountant, noise_multiplier, sample_rate, steps)
+    acc = _accountant(accountant, [(float(noise_multiplier), float(sample_rate), int(steps))])
     with warnings.catch_warnings():  # "optimal order is the largest alpha": a looser bound, fine
         warnings.simplefilter("ignore", UserWarning)
         return float(acc.get_epsilon(delta=delta))
@@ -110,6 +113,8 @@ def calibrate_noise(
         raise ConfigError(f"epsilon must be > 0, got {epsilon}")
     if steps == 0 or math.isinf(epsilon):
         return 0.0
+    from opacus.accountants.utils import get_noise_multiplier  # lazily: see _accountant
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         try:
@@ -363,8 +368,7 @@ def history_epsilon(
         return 0.0
     if any(s == 0 for s, _, _ in entries):
         return math.inf
-    acc = create_accountant(mechanism=accountant)
-    acc.history = entries
+    acc = _accountant(accountant, entries)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return float(acc.get_epsilon(delta=delta))

@@ -106,7 +106,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from opacus import GradSampleModule
 from torch import Tensor, nn
 
 from fedistill.augment import DSA, default_strategy
@@ -221,6 +220,14 @@ class PSGConfig:
 # --------------------------------------------------------------------------- the private step
 
 
+def _grad_sample_module():
+    """Opacus's ``GradSampleModule``, imported on first use (Opacus costs ~1.5 s to import,
+    which every process loading the method registry would otherwise pay)."""
+    from opacus import GradSampleModule
+
+    return GradSampleModule
+
+
 def private_gradient(
     model: nn.Module,
     x: Tensor,
@@ -243,8 +250,9 @@ def private_gradient(
     :func:`~fedistill.privacy.secure_generator`; always with the floating-point mitigation of
     Opacus's ``secure_mode`` (:func:`~fedistill.privacy.gaussian_noise`).
     """
-    owned = not isinstance(model, GradSampleModule)
-    gsm = GradSampleModule(model, loss_reduction="sum") if owned else model
+    grad_sample_module = _grad_sample_module()
+    owned = not isinstance(model, grad_sample_module)
+    gsm = grad_sample_module(model, loss_reduction="sum") if owned else model
     if gsm.loss_reduction != "sum":
         raise ConfigError("private_gradient needs a GradSampleModule with loss_reduction='sum'")
     params = [p for p in gsm.parameters() if p.requires_grad]
@@ -424,7 +432,7 @@ def distill_psg(
             shadow = copy.deepcopy(net)
             for p in shadow.parameters():
                 p.requires_grad_(p.ndim > 1)
-            shadow = GradSampleModule(shadow, loss_reduction="sum")
+            shadow = _grad_sample_module()(shadow, loss_reduction="sum")
             params = matched_parameters(net)
             opt_net = torch.optim.SGD(net.parameters(), lr=config.lr_net)
             for ol in range(config.outer_loop):
