@@ -84,7 +84,7 @@ class RoundRecord:
     accuracy: float | None  # None: nothing left to train on (the model is unchanged)
     accuracies: list[float] = field(default_factory=list)  # + fresh models (one-shot)
     sanitised: dict[int, int] | None = None  # images dropped per kept client
-    server_seconds: float = 0.0
+    server_seconds: float = 0.0  # training and evaluating the global (and any fresh) models
 
 
 class FedDMServer:
@@ -162,13 +162,13 @@ class FedDMServer:
             init_model=self.model,
             progress=self.progress,
         )
-        record.server_seconds = time.perf_counter() - t0  # the global model's training
         record.accuracy = accuracy(self.model, self.test, c.device)
         record.accuracies = [record.accuracy]
         if c.rounds == 1 and c.eval.num_models > 1:  # one-shot: fresh models on the same pool
             record.accuracies += fresh_model_accuracies(
                 pool, self.info, self.test, c.eval, c.seed, c.device
             )
+        record.server_seconds = time.perf_counter() - t0
         self.sets = {k: ok[k] for k in kept}
         log.info(
             "FedDM round %d/%d: %d sets kept, %d dropped, accuracy %.4f",
