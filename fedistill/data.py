@@ -6,13 +6,21 @@ dataset's per-channel mean/std, int64 labels, and a :class:`DatasetInfo`. Caller
 the dataset.
 
 ``digits`` (scikit-learn's bundled 8×8 handwritten digits) is the embedded default and always
-available offline. ``mnist``, ``fashion-mnist``, ``cifar10`` and ``svhn`` are read through
-torchvision's own dataset classes under ``root``; nothing is downloaded unless asked.
+available offline. ``mnist``, ``fashion-mnist``, ``cifar10`` and ``svhn`` live under ``root`` in
+torchvision's layout; nothing is downloaded unless asked. CIFAR-10 and SVHN are read through
+torchvision's dataset classes, and so is an MNIST-like dataset whose files are absent (to
+download them, or to say which are missing). MNIST-like files that are present are read here
+(:func:`read_idx`: the idx format is a four-byte magic, the dimensions and the bytes) into the
+same tensors torchvision's classes give (``tests/fedistill/test_data.py``): importing
+``torchvision.datasets`` costs about 1.5 s, paid by every process that loads a dataset — each
+Flower client actor and the server on its critical path.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedistill.errors import DatasetNotFoundError, UnknownNameError
+from fedistill.errors import DatasetCorruptError, DatasetNotFoundError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
@@ -188,18 +196,73 @@ def _load_digits(root, train, download) -> LabeledImages:
     return LabeledImages(normalise(ds.data.unsqueeze(1), DIGITS_INFO), ds.targets, DIGITS_INFO)
 
 
+def read_idx(path: Path, ndim: int) -> Tensor:
+    """The uint8 array of an idx file (the MNIST format: two zero bytes, the type code 0x08 for
+    unsigned bytes, the number of dimensions, each dimension as a big-endian int32, then the
+    values in C order), as torchvision's MNIST reads it.
+
+    Raises:
+        DatasetCorruptError: not an idx file of unsigned bytes with ``ndim`` dimensions, or its
+            data is not as long as its header says.
+    """
+    raw = path.read_bytes()
+    header = 4 + 4 * ndim
+    if len(raw) < header or raw[:4] != bytes((0, 0, 0x08, ndim)):
+        raise DatasetCorruptError(
+            f"{path}: not an idx file of unsigned bytes with {ndim} dimension(s)"
+        )
+    shape = struct.unpack(f">{ndim}i", raw[4:header])
+    count = math.prod(shape)
+    if min(shape) < 0 or len(raw) - header != count:
+        raise DatasetCorruptError(
+            f"{path}: {len(raw) - header} data bytes, but the header says "
+            f"{' × '.join(map(str, shape))} = {count}"
+        )
+    values = np.frombuffer(raw, dtype=np.uint8, count=count, offset=header)
+    return torch.from_numpy(values.reshape(shape).copy())
+
+
+def _read_mnist_like(raw_dir: Path, prefix: str, info: DatasetInfo) -> tuple[Tensor, Tensor]:
+    """Images (N×H×W uint8) and labels (int64) of an MNIST-like split (``prefix``: ``train``
+    or ``t10k``) from its idx files."""
+    images = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte", 3)
+    labels = read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte", 1).long()
+    where = raw_dir / f"{prefix}-*-idx?-ubyte"
+    if tuple(images.shape[1:]) != info.shape[1:]:
+        raise DatasetCorruptError(
+            f"{where}: images are {tuple(images.shape[1:])}, not {info.shape[1:]}"
+        )
+    if len(images) != len(labels):
+        raise DatasetCorruptError(f"{where}: {len(images)} images but {len(labels)} labels")
+    if len(labels) and int(labels.max()) >= info.num_classes:
+        raise DatasetCorruptError(
+            f"{where}: label {int(labels.max())} is not a class of {info.num_classes}"
+        )
+    return images, labels
+
+
 def _load_mnist_like(cls_name: str, info: DatasetInfo):
     def load(root, train, download) -> LabeledImages:
-        import torchvision.datasets as tvd
-
         if root is None:
             raise _missing(info.name, root, download, ValueError("no --data-root given"))
-        try:
-            ds = getattr(tvd, cls_name)(str(root), train=train, download=download)
-        except Exception as exc:  # torchvision raises RuntimeError / URLError / OSError
-            raise _missing(info.name, root, download, exc) from None
-        images = ds.data.unsqueeze(1).float() / 255.0
-        return LabeledImages(normalise(images, info), ds.targets.long().clone(), info)
+        raw_dir = Path(root).expanduser() / cls_name / "raw"
+        prefix = "train" if train else "t10k"
+        present = all(
+            (raw_dir / f"{prefix}-{kind}").is_file()
+            for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
+        )
+        if present:
+            data, targets = _read_mnist_like(raw_dir, prefix, info)
+        else:  # torchvision downloads them, or says what is missing
+            import torchvision.datasets as tvd
+
+            try:
+                ds = getattr(tvd, cls_name)(str(root), train=train, download=download)
+            except Exception as exc:  # torchvision raises RuntimeError / URLError / OSError
+                raise _missing(info.name, root, download, exc) from None
+            data, targets = ds.data, ds.targets.long().clone()
+        images = data.unsqueeze(1).float() / 255.0
+        return LabeledImages(normalise(images, info), targets, info)
 
     return load
 

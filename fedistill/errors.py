@@ -9,6 +9,11 @@ class DatasetNotFoundError(FedistillError):
     """A dataset's files are absent and could not be downloaded."""
 
 
+class DatasetCorruptError(FedistillError):
+    """A dataset's files are present but malformed (wrong header, truncated, labels out of
+    range)."""
+
+
 class UnknownNameError(FedistillError, KeyError):
     """A name (dataset, method, model, partitioner) that no registry knows."""
 
