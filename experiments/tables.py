@@ -272,7 +272,8 @@ def federated_table() -> str:
             f"Flower's own overhead (a real `flwr run` of this app on a local SuperLink, "
             f"{b['clients']} simulated SuperNodes, one FedDM round): run "
             f"{fl['run_elapsed_seconds']:.1f} s − clients' distillation "
-            f"{fl['clients_seconds_sum']:.1f} s − server {fl['server_seconds']:.1f} s = "
+            f"{fl['clients_seconds_sum']:.1f} s − the server's training and evaluation "
+            f"{fl['server_seconds']:.1f} s = "
             f"**{fl['overhead_seconds']:.1f} s** (target < 20 s)"
             + (
                 f"; re-measured with `{fl['command'].replace('python3', 'python')}` at load "
