@@ -40,8 +40,10 @@ from _bench import (
 BUDGET = {
     ("random", 1): 0,
     ("random", 10): 0,
+    ("random", 50): 0,
     ("dm", 1): 200,
     ("dm", 10): 200,
+    ("dm", 50): 200,  # issue 17: DM after 200 iterations at IPC 1 / 10 / 50
     ("dc", 1): 100,
     ("dc", 10): 4,
     ("dsa", 1): 100,
