@@ -231,6 +231,99 @@ def our_net(info, width: int, depth: int) -> nn.Module:
     )  # fmt: skip
 
 
+def _conv_inputs(net: nn.Module, x: Tensor) -> list[tuple[nn.Conv2d, tuple[int, ...]]]:
+    """Every convolution of ``net`` with the shape of its input on a forward of ``x``."""
+    seen: list[tuple[nn.Conv2d, tuple[int, ...]]] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, inp: seen.append((mod, tuple(inp[0].shape))))
+        for m in net.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _median_ms(fn: Callable[[], object], reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def _conv_step_ms(conv: nn.Conv2d, shape: tuple[int, ...], input_grad: bool) -> float:
+    """Median ms of ``conv``'s forward plus its backward (weight, bias, and the input when
+    ``input_grad``) on an input of ``shape``, on the calling thread."""
+    inp, w, b = torch.randn(shape), conv.weight.detach(), conv.bias
+    b = None if b is None else b.detach()
+    pad = list(conv.padding)
+    grad = torch.randn_like(F.conv2d(inp, w, b, padding=pad))
+    mask = [input_grad, True, b is not None]
+    forward = _median_ms(lambda: F.conv2d(inp, w, b, padding=pad), 20)
+    backward = _median_ms(
+        lambda: torch.ops.aten.convolution_backward(
+            grad, inp, w, [w.shape[0]], [1, 1], pad, [1, 1], False, [0, 0], 1, mask
+        ),
+        20,
+    )
+    return forward + backward
+
+
+def step_breakdown(x: Tensor, y: Tensor, info, args, epochs: int) -> dict:
+    """Where one model's epoch goes, on one thread: the epoch as ``train_classifier`` runs it
+    (chunks of ``auto_chunk``), against the convolutions alone — each layer's forward and
+    backward (weights, bias, and the input where a layer below needs it) at the same chunk
+    shapes, as many times as an epoch runs them. Their share bounds what any faster code for
+    the other layers (norm, ReLU, pooling, loss, optimiser, DSA) could gain: 1 / share."""
+    from fedistill.trainer import train_classifier
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(args.seed)
+        net = our_net(info, args.width, args.depth)
+        chunk = auto_chunk(net) or len(x)
+        gen = torch.Generator().manual_seed(args.seed)
+        augment = DSA(default_strategy(info))
+        train_classifier(
+            net, x, y, EvalConfig(epochs=2), augment=augment, generator=gen, chunk=chunk
+        )
+        t0 = time.perf_counter()
+        train_classifier(
+            net, x, y, EvalConfig(epochs=epochs), augment=augment, generator=gen, chunk=chunk
+        )
+        epoch_ms = 1e3 * (time.perf_counter() - t0) / epochs
+        # the chunk lengths one epoch runs: batches of 256, each cut into chunks
+        lengths = [
+            min(chunk, b - s)
+            for b in (min(256, len(x) - i) for i in range(0, len(x), 256))
+            for s in range(0, b, chunk)
+        ]
+        conv_ms = 0.0
+        for n in sorted(set(lengths)):
+            layers = _conv_inputs(net, x[:1].expand(n, *x.shape[1:]))
+            for i, (conv, shape) in enumerate(layers):  # no input gradient for the image
+                conv_ms += lengths.count(n) * _conv_step_ms(conv, shape, input_grad=i > 0)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "threads": 1,
+        "chunk": chunk,
+        "epochs_timed": epochs,
+        "epoch_ms": epoch_ms,
+        "convolutions_alone_ms": conv_ms,
+        "convolution_share": conv_ms / epoch_ms,
+        "bound_from_other_layers": epoch_ms / conv_ms,
+    }
+
+
 def run_dataset(name: str, train: LabeledImages, test: LabeledImages, args) -> dict:
     info = train.info
     syn = distill("random", train, args.ipc, seed=args.seed)
@@ -371,6 +464,14 @@ def run_dataset(name: str, train: LabeledImages, test: LabeledImages, args) -> d
         }
     ref = results["reference"]["model_epochs_per_second"]
     ratios = {k: v["model_epochs_per_second"] / ref for k, v in results.items() if k != "reference"}
+    breakdown = step_breakdown(x, y, info, args, args.breakdown) if args.breakdown else None
+    if breakdown:
+        print(
+            f"[{name}] one model, one thread: {breakdown['epoch_ms']:.0f} ms per epoch, "
+            f"convolutions alone {breakdown['convolutions_alone_ms']:.0f} ms "
+            f"({100 * breakdown['convolution_share']:.0f} %)",
+            flush=True,
+        )
     return {
         "train_images": len(train),
         "image_shape": list(info.shape),
@@ -408,6 +509,7 @@ def run_dataset(name: str, train: LabeledImages, test: LabeledImages, args) -> d
         "target_m16": TARGET_M16,
         "target_m16_met": ratios.get("ours-M16", 0.0) >= TARGET_M16 if 16 in args.models else None,
         "bf16_accuracy_effect": bf16_effect,
+        "step_breakdown": breakdown,
     }
 
 
@@ -465,6 +567,14 @@ def main(argv: list[str] | None = None) -> int:
         "(same seeds, untimed) and report their test accuracies",
     )
     p.add_argument("--accuracy-models", type=int, default=4)
+    p.add_argument(
+        "--breakdown",
+        type=int,
+        default=0,
+        metavar="EPOCHS",
+        help="also time one model alone on one thread for this many epochs against its "
+        "convolutions alone at the same shapes (the share any faster non-conv code is bounded by)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "bench_eval_speed.json")
     args = p.parse_args(argv)
     args.models = [int(m) for m in args.models.split(",") if m]

@@ -100,10 +100,11 @@ def distill_table(
             if r["method"] == "random" and "error" not in r
         }
     methods = dict.fromkeys(r["method"] for r in rows if r["method"] != "random")
+    ipcs = sorted({ipc for _, ipc in acc})
     gains = [
         f"{m} IPC {ipc} {100 * (acc[(m, ipc)] - acc[('random', ipc)]):+.1f}"
         for m in methods
-        for ipc in (1, 10)
+        for ipc in ipcs
         if (m, ipc) in acc and ("random", ipc) in acc
     ]
     if gains:
@@ -657,6 +658,16 @@ def eval_speed_table() -> str:
             "norm-ReLU-pooling block (`fedistill/convblocks.py`, the same trajectories bit for "
             f"bit, `tests/fedistill/test_convblocks.py`): the block gives {fused / plain:.2f}× "
             "on MNIST in the same rounds."
+        )
+    br = mnist.get("step_breakdown")
+    if br:
+        lines.append(
+            f"Where the time goes: one model alone on one thread (MNIST, chunks of {br['chunk']}) "
+            f"trains an epoch in {br['epoch_ms']:.0f} ms, of which its convolutions alone "
+            f"(forward and backward at the same shapes, timed apart) take "
+            f"{br['convolutions_alone_ms']:.0f} ms ({100 * br['convolution_share']:.0f} %): "
+            "faster code for every other layer (norm, ReLU, pooling, loss, optimiser, DSA) could "
+            f"make an epoch at most {br['bound_from_other_layers']:.2f}× faster."
         )
     bf = mnist.get("bf16_accuracy_effect")
     if bf:
