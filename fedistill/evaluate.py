@@ -137,7 +137,7 @@ def evaluate_arrays(
         gens.append(torch.Generator().manual_seed(seed * 1000 + m))
         models.append(build_model(cfg.model, info, **cfg.model_kwargs))
 
-    def train_and_test(m: int) -> float:
+    def train_and_test(m: int, helpers: int) -> float:
         model = train_classifier(
             models[m],
             images,
@@ -149,6 +149,7 @@ def evaluate_arrays(
             generator=gens[m],
             chunk=auto_chunk(models[m]) if cfg.chunk is None else (cfg.chunk or None),
             precision=cfg.precision,
+            chunk_workers=helpers,
         )
         acc = accuracy(model, test, device)
         log.info("model %d/%d: test accuracy %.4f", m + 1, cfg.num_models, acc)
@@ -161,6 +162,7 @@ def evaluate_arrays(
         device=device,
         progress=progress,
         description="evaluate",
+        helpers=True,
     )
     conf = asdict(cfg) | {
         "dsa_strategy": strategy if cfg.dsa else None,

@@ -24,6 +24,15 @@ stay in the core's cache — measured here (1 thread per model, ConvNet-128-3 on
 images, reference geometry) a step takes about half the time in chunks of 10 as in one piece.
 :func:`auto_chunk` picks a chunk for a ConvNet from a cache budget for its first activation.
 
+**Idle threads help the last models.** Five models on two threads would train the fifth
+alone while the other core idles (a lone model — the server's global model — always would).
+:func:`map_models` with ``helpers=True`` (what :func:`train_many` and ``evaluate`` use) trains
+the last ``len(models) % threads`` models after the others, each with its chunks computed by
+``threads // r`` single-threaded threads at once (``chunk_workers``): every chunk's gradient
+is the one a single thread computes, and they are summed into ``.grad`` in chunk order, as
+``backward`` accumulates them — so the model is the same, bit for bit, as trained alone
+(``tests/fedistill/test_trainer.py``). Whole batches (no chunks) stay on one thread.
+
 **The fused block.** A ConvNet's steps run through
 :func:`fedistill.convblocks.training_forward`: each block's norm, ReLU and pooling as one
 autograd node whose forward and gradients equal the modules' bit for bit, without the slow NCHW
@@ -131,6 +140,7 @@ def train_classifier(
     chunk: int | None = None,
     precision: str = "fp32",
     fast: bool = True,
+    chunk_workers: int = 1,
 ) -> nn.Module:
     """Train ``model`` on (images, labels) with the protocol's SGD schedule.
 
@@ -139,6 +149,9 @@ def train_classifier(
     whole batches. ``precision``: ``"fp32"``, or ``"bf16"`` (autocast; see the module docstring).
     ``fast``: a ConvNet's steps through :func:`fedistill.convblocks.training_forward` (the same
     outputs and gradients bit for bit, in less time); ``False``: through ``model(x)``.
+    ``chunk_workers``: with ``chunk``, that many threads (each on one intra-op thread) compute
+    a batch's chunks at once, and their gradients are summed in chunk order — the same sum, bit
+    for bit, as one thread accumulating them (see the module docstring).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
@@ -155,33 +168,88 @@ def train_classifier(
     n = len(x)
     if chunk is not None and (chunk < 1 or not batch_independent(model)):
         chunk = None
-    with progress_bar("train", cfg.epochs, progress) as bar:
-        for _ in range(cfg.epochs):
-            order = torch.randperm(n, generator=generator).to(device)
-            for start in range(0, n, cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                xb = x[idx]
-                if augment is not None:
-                    xb = _standard_layout(augment(xb, generator=generator))
-                yb = y[idx]
-                opt.zero_grad(set_to_none=True)
-                if chunk is None or chunk >= len(idx):
-                    with cast:
-                        loss = criterion(forward(xb), yb).float()
-                    loss.backward()
-                else:
-                    loss = torch.zeros((), device=device)
-                    for s in range(0, len(idx), chunk):
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def chunk_gradient(xc: Tensor, yc: Tensor, weight: float) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The chunk's weighted loss and its gradient, on this thread alone."""
+        if torch.get_num_threads() != 1:  # per OS thread under OpenMP
+            torch.set_num_threads(1)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            part = criterion(forward(xc), yc).float()
+        part = part * weight
+        return part.detach(), torch.autograd.grad(part, params, allow_unused=True)
+
+    pool = (
+        ThreadPoolExecutor(chunk_workers, thread_name_prefix="fedistill-chunk")
+        if chunk is not None and chunk_workers > 1 and device.type == "cpu"
+        else None
+    )
+    try:
+        with progress_bar("train", cfg.epochs, progress) as bar:
+            for _ in range(cfg.epochs):
+                order = torch.randperm(n, generator=generator).to(device)
+                for start in range(0, n, cfg.batch_size):
+                    idx = order[start : start + cfg.batch_size]
+                    xb = x[idx]
+                    if augment is not None:
+                        xb = _standard_layout(augment(xb, generator=generator))
+                    yb = y[idx]
+                    opt.zero_grad(set_to_none=True)
+                    if chunk is None or chunk >= len(idx):
                         with cast:
-                            part = criterion(forward(xb[s : s + chunk]), yb[s : s + chunk]).float()
-                        part = part * (min(chunk, len(idx) - s) / len(idx))
-                        part.backward()
-                        loss = loss + part.detach()
-                opt.step()
-            sched.step()
-            if progress:
-                bar.advance(loss=loss.item())
+                            loss = criterion(forward(xb), yb).float()
+                        loss.backward()
+                    elif pool is None:
+                        loss = torch.zeros((), device=device)
+                        for s in range(0, len(idx), chunk):
+                            with cast:
+                                part = criterion(
+                                    forward(xb[s : s + chunk]), yb[s : s + chunk]
+                                ).float()
+                            part = part * (min(chunk, len(idx) - s) / len(idx))
+                            part.backward()
+                            loss = loss + part.detach()
+                    else:
+                        loss = _parallel_chunks(pool, chunk_gradient, xb, yb, chunk, params, device)
+                    opt.step()
+                sched.step()
+                if progress:
+                    bar.advance(loss=loss.item())
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return model.eval()
+
+
+def _parallel_chunks(
+    pool: ThreadPoolExecutor,
+    chunk_gradient: Callable[[Tensor, Tensor, float], tuple[Tensor, tuple[Tensor, ...]]],
+    xb: Tensor,
+    yb: Tensor,
+    chunk: int,
+    params: list[nn.Parameter],
+    device: torch.device,
+) -> Tensor:
+    """A batch's chunks on ``pool``'s threads; their gradients summed into the parameters'
+    ``.grad`` in chunk order, as ``backward`` accumulates them one chunk after another (the
+    first chunk's gradient, then ``+=`` each next one: the same floats). Returns the loss."""
+    n = len(xb)
+    futures = [
+        pool.submit(chunk_gradient, xb[s : s + chunk], yb[s : s + chunk], min(chunk, n - s) / n)
+        for s in range(0, n, chunk)
+    ]
+    loss = torch.zeros((), device=device)
+    for future in futures:
+        part, grads = future.result()
+        for p, g in zip(params, grads, strict=True):
+            if g is None:  # not used by the forward: left without a gradient, as backward does
+                continue
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad += g
+        loss = loss + part
+    return loss
 
 
 def default_workers(num_jobs: int, device: torch.device | str = "cpu") -> int:
@@ -193,13 +261,14 @@ def default_workers(num_jobs: int, device: torch.device | str = "cpu") -> int:
 
 
 def map_models(
-    fn: Callable[[T], R],
+    fn: Callable[..., R],
     items: Sequence[T],
     *,
     workers: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
     description: str = "models",
+    helpers: bool = False,
 ) -> list[R]:
     """``[fn(item) for item in items]``, on worker threads sharing the intra-op threads.
 
@@ -210,8 +279,16 @@ def map_models(
     caller's thread with all its intra-op threads. ``workers=w > 1``: ``w`` threads of
     ``max(1, threads // w)`` intra-op threads each. Each worker takes the next item when done;
     results come back in ``items``' order, and the caller's thread setting is restored.
-    ``fn`` must not touch torch's global RNG (give each item its own generator)."""
+    ``fn`` must not touch torch's global RNG (give each item its own generator).
+
+    ``helpers=True``: ``fn`` is called as ``fn(item, k)``, where ``k`` is how many
+    single-threaded threads the item may use for its own pieces (``train_classifier``'s
+    ``chunk_workers``). With ``workers=None`` on the CPU, the items are trained one per thread,
+    ``threads`` at a time, except the last ``len(items) % threads``, which would leave threads
+    idle (the fifth model of five on two threads; a lone model): they run after the others,
+    each with ``threads // r`` threads of its own. Elsewhere ``k`` is 1."""
     threads = torch.get_num_threads()
+    spread = helpers and workers is None and torch.device(device).type == "cpu"
     if torch.device(device).type != "cpu":
         workers, per_worker = 1, threads
     elif workers is None:
@@ -219,28 +296,41 @@ def map_models(
     else:
         workers = min(max(1, workers), max(1, len(items)))
         per_worker = max(1, threads // workers)
+
+    def call(item: T, k: int) -> R:
+        return fn(item, k) if helpers else fn(item)
+
     with progress_bar(description, len(items), progress) as bar:
-        if workers == 1 and per_worker == threads:
+        if workers == 1 and per_worker == threads and not (spread and threads > 1):
             out = []
             for item in items:
-                out.append(fn(item))
+                out.append(call(item, 1))
                 bar.advance()
             return out
+        head = len(items) - (len(items) % threads if spread else 0)
+        phases = [(items[:head], min(workers, max(1, head)), 1)]
+        if head < len(items):  # the remainder: fewer items than threads, each gets a share
+            r = len(items) - head
+            phases.append((items[head:], r, threads // r))
 
-        def run(item: T) -> R:
+        def run(item: T, k: int) -> R:
             # intra-op threads are per OS thread under OpenMP; asking first makes torch
             # initialise this thread's setting, so it is not reset later
             if torch.get_num_threads() != per_worker:
                 torch.set_num_threads(per_worker)
-            return fn(item)
+            return call(item, k)
 
+        out = []
         try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="fedistill-train") as pool:
-                futures = [pool.submit(run, item) for item in items]
-                for f in futures:
-                    f.result()
-                    bar.advance()
-                return [f.result() for f in futures]
+            for batch, n_workers, k in phases:
+                if not batch:
+                    continue
+                with ThreadPoolExecutor(n_workers, thread_name_prefix="fedistill-train") as pool:
+                    futures = [pool.submit(run, item, k) for item in batch]
+                    for f in futures:
+                        out.append(f.result())
+                        bar.advance()
+            return out
         finally:
             torch.set_num_threads(threads)  # the workers' setting also reaches MKL's global one
 
@@ -269,7 +359,7 @@ def train_many(
     if len(models) != len(generators):
         raise ValueError(f"{len(models)} models but {len(generators)} generators")
 
-    def one(i: int) -> nn.Module:
+    def one(i: int, helpers: int) -> nn.Module:
         return train_classifier(
             models[i],
             images,
@@ -282,6 +372,7 @@ def train_many(
             chunk=chunk,
             precision=precision,
             fast=fast,
+            chunk_workers=helpers,
         )
 
     return map_models(
@@ -291,4 +382,5 @@ def train_many(
         device=device,
         progress=progress,
         description="train",
+        helpers=True,
     )

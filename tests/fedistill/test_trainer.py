@@ -92,6 +92,67 @@ def test_map_models_keeps_order_and_propagates_errors():
         train_many([torch.nn.Linear(1, 1)], torch.zeros(1, 1), torch.zeros(1), CFG, [])
 
 
+def test_map_models_gives_the_remainder_the_idle_threads():
+    assert torch.get_num_threads() == 2
+    pairs = map_models(lambda i, k: (i, k), range(5), helpers=True)
+    assert pairs == [(0, 1), (1, 1), (2, 1), (3, 1), (4, 2)]  # the fifth: both threads
+    assert map_models(lambda i, k: (i, k), range(1), helpers=True) == [(0, 2)]
+    assert map_models(lambda i, k: (i, k), range(4), helpers=True) == [(i, 1) for i in range(4)]
+    # explicit workers: as asked, one thread each
+    assert map_models(lambda i, k: k, range(3), workers=2, helpers=True) == [1, 1, 1]
+    assert torch.get_num_threads() == 2
+
+
+def _mnist_like(seed=0):
+    torch.manual_seed(seed)
+    return torch.randn(40, 1, 28, 28), torch.arange(40) % 10
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_chunks_on_several_threads_give_the_same_floats(precision):
+    from fedistill.data import MNIST_INFO
+
+    x, y = _mnist_like()
+    cfg = EvalConfig(epochs=3, batch_size=32)  # batches of 32 and 8; chunks of 7 cut both
+    runs = []
+    for chunk_workers in (1, 3):
+        torch.manual_seed(1)
+        model = build_model("convnet", MNIST_INFO, width=16, geometry="reference")
+        gen = torch.Generator().manual_seed(1)
+        with single_threaded():
+            train_classifier(
+                model, x, y, cfg, generator=gen, chunk=7, precision=precision,
+                chunk_workers=chunk_workers,
+            )  # fmt: skip
+        runs.append(_params(model))
+    assert torch.equal(runs[0], runs[1])
+    assert torch.get_num_threads() == 2
+
+
+def test_a_lone_or_last_model_trains_as_it_would_alone():
+    from fedistill.data import MNIST_INFO
+
+    x, y = _mnist_like()
+    cfg = EvalConfig(epochs=2, batch_size=32)
+    augment = DSA(default_strategy(MNIST_INFO))
+
+    def fresh(seed):
+        torch.manual_seed(seed)
+        model = build_model("convnet", MNIST_INFO, width=16, geometry="reference")
+        return model, torch.Generator().manual_seed(seed)
+
+    for seeds in ((0, 1, 2), (5,)):  # the third of three, and a lone model, spread their chunks
+        pairs = [fresh(s) for s in seeds]
+        together = train_many(
+            [m for m, _ in pairs], x, y, cfg, [g for _, g in pairs], augment=augment, chunk=7
+        )
+        for seed, model in zip(seeds, together, strict=True):
+            m1, g1 = fresh(seed)
+            with single_threaded():
+                train_classifier(m1, x, y, cfg, augment=augment, generator=g1, chunk=7)
+            assert torch.equal(_params(m1), _params(model))
+
+
 def test_chunked_batches_give_the_same_training_up_to_rounding():
     from fedistill.data import MNIST_INFO
     from fedistill.trainer import auto_chunk
