@@ -827,7 +827,11 @@ def robustness_table() -> str:
 
 # Tables made of several bench_distill runs (rendered as one table, checked as one source).
 DISTILL_FILES = ("bench_distill_reference_rdm.json", "bench_distill_reference_dcdsa.json")
-PROTOCOL_FILES = ("bench_distill_protocol_ipc1.json", "bench_distill_protocol_ipc10.json")
+PROTOCOL_FILES = (
+    "bench_distill_protocol_ipc1.json",
+    "bench_distill_protocol_ipc10.json",
+    "bench_distill_protocol_ipc50.json",
+)
 
 TABLES: dict[str, Callable[[], str]] = {
     "quickstart-output": quickstart_output,
@@ -847,7 +851,7 @@ TABLES: dict[str, Callable[[], str]] = {
     ),
     "distill-protocol": lambda: distill_table(
         PROTOCOL_FILES,
-        "The reference evaluation protocol at IPC 1 and 10: 1,000 epochs, 5 models (CPU)",
+        "The reference evaluation protocol at IPC 1, 10 and 50: 1,000 epochs, 5 models (CPU)",
     ),
     "dm-speed": dm_speed_table,
     "eval-speed": eval_speed_table,
