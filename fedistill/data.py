@@ -222,12 +222,17 @@ def read_idx(path: Path, ndim: int) -> Tensor:
     return torch.from_numpy(values.reshape(shape).copy())
 
 
-def _read_mnist_like(raw_dir: Path, prefix: str, info: DatasetInfo) -> tuple[Tensor, Tensor]:
-    """Images (N×H×W uint8) and labels (int64) of an MNIST-like split (``prefix``: ``train``
-    or ``t10k``) from its idx files."""
-    images = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte", 3)
-    labels = read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte", 1).long()
-    where = raw_dir / f"{prefix}-*-idx?-ubyte"
+def _idx_files(raw_dir: Path, train: bool) -> tuple[Path, Path]:
+    """The images and labels idx files of an MNIST-like split, in torchvision's layout."""
+    prefix = "train" if train else "t10k"
+    return raw_dir / f"{prefix}-images-idx3-ubyte", raw_dir / f"{prefix}-labels-idx1-ubyte"
+
+
+def _read_mnist_like(files: tuple[Path, Path], info: DatasetInfo) -> tuple[Tensor, Tensor]:
+    """Images (N×H×W uint8) and labels (int64) of an MNIST-like split from its idx files."""
+    images = read_idx(files[0], 3)
+    labels = read_idx(files[1], 1).long()
+    where = f"{files[0]}, {files[1].name}"
     if tuple(images.shape[1:]) != info.shape[1:]:
         raise DatasetCorruptError(
             f"{where}: images are {tuple(images.shape[1:])}, not {info.shape[1:]}"
@@ -245,14 +250,9 @@ def _load_mnist_like(cls_name: str, info: DatasetInfo):
     def load(root, train, download) -> LabeledImages:
         if root is None:
             raise _missing(info.name, root, download, ValueError("no --data-root given"))
-        raw_dir = Path(root).expanduser() / cls_name / "raw"
-        prefix = "train" if train else "t10k"
-        present = all(
-            (raw_dir / f"{prefix}-{kind}").is_file()
-            for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
-        )
-        if present:
-            data, targets = _read_mnist_like(raw_dir, prefix, info)
+        files = _idx_files(Path(root).expanduser() / cls_name / "raw", train)
+        if all(f.is_file() for f in files):
+            data, targets = _read_mnist_like(files, info)
         else:  # torchvision downloads them, or says what is missing
             import torchvision.datasets as tvd
 

@@ -301,7 +301,7 @@ def map_models(
         return fn(item, k) if helpers else fn(item)
 
     with progress_bar(description, len(items), progress) as bar:
-        if workers == 1 and per_worker == threads and not (spread and threads > 1):
+        if workers == 1 and per_worker == threads:  # (spreading needs per_worker == 1)
             out = []
             for item in items:
                 out.append(call(item, 1))

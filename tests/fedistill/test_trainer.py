@@ -19,9 +19,11 @@ def _set(digits_train):
     return digits_train.images[idx], digits_train.labels[idx]
 
 
-def _fresh(seed):
+def _fresh(seed, info=DIGITS_INFO, **kwargs):
+    """A ConvNet (width 32 unless ``kwargs`` say) initialised under ``seed``, and its generator."""
     torch.manual_seed(seed)
-    return build_model("convnet", DIGITS_INFO, width=32), torch.Generator().manual_seed(seed)
+    model = build_model("convnet", info, **({"width": 32} | kwargs))
+    return model, torch.Generator().manual_seed(seed)
 
 
 def _params(model):
@@ -116,9 +118,7 @@ def test_chunks_on_several_threads_give_the_same_floats(precision):
     cfg = EvalConfig(epochs=3, batch_size=32)  # batches of 32 and 8; chunks of 7 cut both
     runs = []
     for chunk_workers in (1, 3):
-        torch.manual_seed(1)
-        model = build_model("convnet", MNIST_INFO, width=16, geometry="reference")
-        gen = torch.Generator().manual_seed(1)
+        model, gen = _fresh(1, MNIST_INFO, width=16, geometry="reference")
         with single_threaded():
             train_classifier(
                 model, x, y, cfg, generator=gen, chunk=7, precision=precision,
@@ -137,9 +137,7 @@ def test_a_lone_or_last_model_trains_as_it_would_alone():
     augment = DSA(default_strategy(MNIST_INFO))
 
     def fresh(seed):
-        torch.manual_seed(seed)
-        model = build_model("convnet", MNIST_INFO, width=16, geometry="reference")
-        return model, torch.Generator().manual_seed(seed)
+        return _fresh(seed, MNIST_INFO, width=16, geometry="reference")
 
     for seeds in ((0, 1, 2), (5,)):  # the third of three, and a lone model, spread their chunks
         pairs = [fresh(s) for s in seeds]
