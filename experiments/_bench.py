@@ -8,6 +8,7 @@ import platform
 import re
 import resource
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,9 +29,44 @@ def require_mnist(root: str | Path) -> Path:
     return root
 
 
+# What the official DM code needs on current torch, as (file, pattern, replacement): its embed()
+# views a tensor that is no longer contiguous after the network's last pooling, and DiffAugment's
+# Siamese draws copy row 0 over the batch in place (``x[:] = x[0]``), which torch refuses for a
+# batch of one (IPC 1) as a self-overlapping write. Neither changes a value.
+OFFICIAL_DM_PATCHES = (
+    ("networks.py", r"out = out\.view\(out\.size\(0\), -1\)", "out = out.reshape(out.size(0), -1)"),
+    ("utils.py", r"(\w+)\[:\] = \1\[0\](?=\r?$)", r"\1[:] = \1[0].clone()"),
+)
+OFFICIAL_DM_PATCH_TEXT = (
+    "networks.py: out = out.view(out.size(0), -1) → out = out.reshape(out.size(0), -1); "
+    "utils.py: x[:] = x[0] → x[:] = x[0].clone() (DiffAugment's Siamese draws)"
+)
+
+
+def official_dm_copy(src: str | Path, dst: Path) -> Path:
+    """A copy under ``dst`` of the user's checkout of VICO-UoE/DatasetCondensation with
+    :data:`OFFICIAL_DM_PATCHES` applied."""
+    src = Path(src)
+    if not (src / "main_DM.py").is_file():
+        sys.exit(f"error: --official {src}: no main_DM.py there")
+    code = dst / "official"
+    shutil.copytree(src, code, ignore=shutil.ignore_patterns(".git", "result", "data"))
+    for name, pattern, replacement in OFFICIAL_DM_PATCHES:
+        with open(code / name, newline="") as f:  # its line endings kept as they are
+            text = f.read()
+        with open(code / name, "w", newline="") as f:
+            f.write(re.sub(pattern, replacement, text, flags=re.MULTILINE))
+    return code
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set size (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def children_peak_rss_mib() -> float:
+    """The largest peak resident set size among this process's finished child processes."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def train_flops_per_image(net, x, y) -> float:

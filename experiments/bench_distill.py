@@ -12,22 +12,33 @@ models, and test on the subset's 997 test images. Writes experiments/results/ben
     # a reduced run (same budget for every iterative method, fewer epochs and models):
     python experiments/bench_distill.py --methods random,herding,dm,idc-dm \
         --max-iterations 100 --batch-real 64 --epochs 100 --models 2
+
+``dm-official`` (with ``--official DIR``, a checkout of VICO-UoE/DatasetCondensation): the
+official ``main_DM.py`` distills the set (at the same iterations, real images per class and DSA
+strategy as ours; its own unseeded RNG), and the same evaluation as every other row trains on
+it — so the official code's set and ours are compared under one protocol, on one machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from _bench import (
     DEFAULT_MNIST,
+    OFFICIAL_DM_PATCH_TEXT,
     RESULTS,
+    children_peak_rss_mib,
     command_line,
     machine,
+    official_dm_copy,
     peak_rss_mib,
     require_mnist,
     write_json,
@@ -44,6 +55,9 @@ BUDGET = {
     ("dm", 1): 200,
     ("dm", 10): 200,
     ("dm", 50): 200,  # issue 17: DM after 200 iterations at IPC 1 / 10 / 50
+    ("dm-official", 1): 200,  # the official main_DM.py at DM's budget
+    ("dm-official", 10): 200,
+    ("dm-official", 50): 200,
     ("dc", 1): 100,
     ("dc", 10): 4,
     ("dsa", 1): 100,
@@ -68,8 +82,38 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "idc-dc": ("idc", {"base": "dc"}),
 }
 SELECTIONS = ("random", "herding", "kcenter")  # no iterations
-TAKES_BATCH_REAL = ("dm", "dc", "dsa", "idc-dm", "idc-dc", "haba")
+TAKES_BATCH_REAL = ("dm", "dm-official", "dc", "dsa", "idc-dm", "idc-dc", "haba")
 QUICK = {k: min(v, 3) for k, v in BUDGET.items()}
+
+
+def official_dm_set(args: argparse.Namespace, batch_real: int):
+    """The official ``main_DM.py``'s set after ``args.iterations`` image updates, as
+    (images, labels). It runs ``--Iteration N`` + 1 updates (0 … N), so it is given N − 1; its
+    one evaluation (at update 0) is cut to 1 model × 1 epoch. Its file holds tensors only and is
+    read with ``weights_only=True``."""
+    import torch
+
+    from fedistill.augment import default_strategy
+    from fedistill.data import MNIST_INFO
+
+    with tempfile.TemporaryDirectory() as tmp:
+        code = official_dm_copy(args.official, Path(tmp))
+        cmd = [sys.executable, "main_DM.py", "--dataset", "MNIST", "--ipc", str(args.ipc)]
+        cmd += ["--Iteration", str(args.iterations - 1), "--batch_real", str(batch_real)]
+        cmd += ["--num_exp", "1", "--num_eval", "1", "--epoch_eval_train", "1"]
+        cmd += ["--dsa_strategy", default_strategy(MNIST_INFO)]  # ours for MNIST: no flips
+        cmd += ["--data_path", str(Path(args.data_root).resolve()), "--save_path", tmp]
+        env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "CUDA_VISIBLE_DEVICES": ""}
+        proc = subprocess.run(cmd, env=env, cwd=code, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise SystemExit(f"error: the official main_DM.py failed: {tail}")
+        saved = torch.load(Path(tmp) / f"res_DM_MNIST_ConvNet_{args.ipc}ipc.pt", weights_only=True)
+    images, labels = saved["data"][0]
+    expected = (10 * args.ipc, 1, 28, 28)
+    if tuple(images.shape) != expected or tuple(labels.shape) != (10 * args.ipc,):
+        raise SystemExit(f"error: the official set has shape {tuple(images.shape)}, not {expected}")
+    return images.float(), labels.long()
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -77,11 +121,38 @@ def worker(args: argparse.Namespace) -> None:
 
     from fedistill.data import load_dataset
     from fedistill.distill import distill
-    from fedistill.evaluate import EvalConfig, evaluate_set
+    from fedistill.evaluate import EvalConfig, evaluate_arrays, evaluate_set
 
     torch.set_num_threads(args.threads)
     train = load_dataset("mnist", args.data_root, train=True)
     test = load_dataset("mnist", args.data_root, train=False)
+    cfg = EvalConfig(epochs=args.epochs, num_models=args.models)
+    if args.method == "dm-official":
+        batch_real = args.batch_real or 256
+        t0 = time.perf_counter()
+        images, labels = official_dm_set(args, batch_real)
+        seconds = time.perf_counter() - t0
+        res = evaluate_arrays(images, labels, train.info, test, cfg, seed=args.seed)
+        out = {
+            "method": args.method,
+            "ipc": args.ipc,
+            "iterations": args.iterations,
+            "batch_real": batch_real,
+            "stored_images": len(images),
+            "distill_seconds": seconds,  # the whole official process, start-up included
+            "seconds_per_iteration": seconds / args.iterations,
+            # the larger of this process's and the official process's
+            "peak_rss_mib": max(peak_rss_mib(), children_peak_rss_mib()),
+            "accuracy_mean": res.mean,
+            "accuracy_std": res.std,
+            "accuracies": res.accuracies,
+            "eval_epochs": args.epochs,
+            "eval_models": args.models,
+            "official": str(args.official),
+            "official_patch": OFFICIAL_DM_PATCH_TEXT,
+        }
+        print("RESULT " + json.dumps(out), flush=True)
+        return
     method, overrides = VARIANTS.get(args.method, (args.method, {}))
     overrides = dict(overrides)
     if args.method not in SELECTIONS:
@@ -91,9 +162,7 @@ def worker(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     syn = distill(method, train, args.ipc, seed=args.seed, **overrides)
     seconds = time.perf_counter() - t0
-    res = evaluate_set(
-        syn, test, EvalConfig(epochs=args.epochs, num_models=args.models), seed=args.seed
-    )
+    res = evaluate_set(syn, test, cfg, seed=args.seed)
     out = {
         "method": args.method,
         "ipc": args.ipc,
@@ -130,11 +199,21 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads per run")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (each in its own process)")
     p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--official",
+        type=Path,
+        help="a checkout of VICO-UoE/DatasetCondensation: the dm-official rows run its main_DM.py",
+    )
     p.add_argument("--out", default=str(RESULTS / "bench_distill.json"))
     p.add_argument("--worker", nargs=2, metavar=("METHOD", "IPC"), help=argparse.SUPPRESS)
     p.add_argument("--iterations", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     require_mnist(args.data_root)
+    methods = args.methods.split(",")
+    if "dm-official" in methods and args.official is None:
+        p.error("dm-official needs --official DIR (a checkout of VICO-UoE/DatasetCondensation)")
+    if args.official is not None and not (args.official / "main_DM.py").is_file():
+        p.error(f"--official {args.official}: no main_DM.py there")
     if args.worker:
         args.method, args.ipc = args.worker[0], int(args.worker[1])
         worker(args)
@@ -143,7 +222,7 @@ def main() -> None:
         args.epochs, args.models = 20, 1
     budget = QUICK if args.quick else BUDGET
     jobs = []
-    for method in args.methods.split(","):
+    for method in methods:
         for ipc in map(int, args.ipcs.split(",")):
             iters = budget.get((method, ipc), 50)
             if args.max_iterations is not None:
@@ -169,6 +248,8 @@ def main() -> None:
             ]
             if args.batch_real is not None:
                 cmd += ["--batch-real", str(args.batch_real)]
+            if args.official is not None:
+                cmd += ["--official", str(args.official.resolve())]
             jobs.append((method, ipc, iters, cmd))
 
     def run(job):

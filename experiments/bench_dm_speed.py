@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -46,9 +45,11 @@ from pathlib import Path
 import torch
 from _bench import (
     DEFAULT_MNIST,
+    OFFICIAL_DM_PATCH_TEXT,
     RESULTS,
     command_line,
     machine,
+    official_dm_copy,
     peak_rss_mib,
     require_mnist,
     write_json,
@@ -108,23 +109,6 @@ def _cli_seconds(args, iterations: int, precision: str, out_dir: Path) -> float:
     return time.perf_counter() - t0
 
 
-# The one change the official code needs on current torch: its embed() views a tensor that is
-# no longer contiguous after the network's last pooling (a RuntimeError otherwise).
-OFFICIAL_PATCH = ("out = out.view(out.size(0), -1)", "out = out.reshape(out.size(0), -1)")
-
-
-def _official_copy(src: Path, dst: Path) -> Path:
-    """A copy of the user's checkout of VICO-UoE/DatasetCondensation with OFFICIAL_PATCH."""
-    if not (src / "main_DM.py").is_file():
-        raise SystemExit(f"error: --official {src}: no main_DM.py there")
-    shutil.copytree(src, dst / "official", ignore=shutil.ignore_patterns(".git"))
-    net = dst / "official" / "networks.py"
-    text = net.read_text()
-    if OFFICIAL_PATCH[0] in text:
-        net.write_text(text.replace(*OFFICIAL_PATCH))
-    return dst / "official"
-
-
 def _official_seconds(args, iterations: int, code: Path, out_dir: Path) -> float:
     """Wall seconds of the official ``main_DM.py`` at our settings: one experiment, whose
     evaluation (at iteration 0 only, below 2,000 iterations) is 1 model × 1 epoch, a cost that
@@ -148,7 +132,7 @@ def cli_end_to_end(args, precisions: list[str]) -> dict:
     names = [*precisions, *(["official"] if args.official else [])]
     runs: dict[str, dict[int, list[float]]] = {p: {n1: [], n2: []} for p in names}
     with tempfile.TemporaryDirectory() as tmp:
-        code = _official_copy(Path(args.official), Path(tmp)) if args.official else None
+        code = official_dm_copy(args.official, Path(tmp)) if args.official else None
         for r in range(args.cli_repeats):
             for n in (n1, n2):
                 for prec in names:
@@ -367,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         if "official" in cli:
             off = cli["official"]["s_per_iteration"]
-            cli["official"]["patch"] = " → ".join(OFFICIAL_PATCH) + " (networks.py)"
+            cli["official"]["patch"] = OFFICIAL_DM_PATCH_TEXT
             for prec in ("fp32", "bf16"):
                 if prec in cli:
                     cli[prec]["ratio_over_official"] = cli[prec]["s_per_iteration"] / off
