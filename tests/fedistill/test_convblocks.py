@@ -31,7 +31,10 @@ def _modules(z, norm, pool):
     return F.avg_pool2d(h, 2) if pool else h
 
 
-@pytest.mark.parametrize("shape", [(3, 8, 12, 10), (2, 5, 7, 9), (4, 6, 3, 3)])
+# even maps wider than SMALL_MAP (a broadcast view), even maps up to it (materialised), odd maps
+@pytest.mark.parametrize(
+    "shape", [(3, 8, 12, 10), (3, 8, 8, 8), (2, 4, 6, 4), (2, 5, 7, 9), (4, 6, 3, 3)]
+)
 @pytest.mark.parametrize("with_norm", [True, False])
 @pytest.mark.parametrize("pool", [True, False])
 def test_block_equals_norm_relu_pool_modules_bit_for_bit(shape, with_norm, pool):
