@@ -594,6 +594,12 @@ def dp_audit_table() -> str:
     return "\n".join(lines) + _plots(".", [("dp_audit.png", "ε lower bound vs ε claimed")])
 
 
+def _span(values) -> str:
+    """``"lo–hi"`` of some rates, two decimals."""
+    xs = list(values)
+    return f"{min(xs):.2f}–{max(xs):.2f}"
+
+
 def eval_speed_table() -> str:
     """The multi-model trainer against the re-created reference evaluation loop."""
     d = _load("bench_eval_speed.json")
@@ -713,15 +719,14 @@ def eval_speed_table() -> str:
         rr = rep_mnist["results"]
         refs = [res["reference"], rr["reference"]] if "reference" in res else [rr["reference"]]
         m16s = [r["ours-M16"] for r in (res, rr) if "ours-M16" in r]
-        span = lambda xs: f"{min(xs):.2f}–{max(xs):.2f}"  # noqa: E731
         lines.append(
             f"The same MNIST rows again ({_made_by(rep, 'bench_eval_speed_repeat.json')}, "
             f"{rep['machine'].get('date', '?')}): reference {rr['reference']['model_epochs_per_second']:.2f}, "
             f"M16 {rr['ours-M16']['model_epochs_per_second']:.2f} model-epochs/s → "
             f"**{rep_mnist['throughput_ratio_ours_over_reference']['ours-M16']:.2f}×**. Over the two "
             f"runs the reference loop (two OpenMP threads) ran at "
-            f"{span([r['model_epochs_per_second'] for r in refs])} model-epochs/s and ours at M = 16 "
-            f"at {span([r['model_epochs_per_second'] for r in m16s])}: the ratio moves with the "
+            f"{_span(r['model_epochs_per_second'] for r in refs)} model-epochs/s and ours at M = 16 "
+            f"at {_span(r['model_epochs_per_second'] for r in m16s)}: the ratio moves with the "
             "reference's run-to-run spread, not ours."
         )
     target = mnist.get("target_m16")
