@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="DIR",
         help="with --cli: also time the official main_DM.py from this checkout of "
-        "VICO-UoE/DatasetCondensation (run from a copy with one compatibility patch)",
+        "VICO-UoE/DatasetCondensation (run from a copy with value-preserving compatibility patches)",
     )
     p.add_argument(
         "--accuracy",
