@@ -218,7 +218,7 @@ def dm_speed_table() -> str:
             f"bf16's effect on the set (same seed, {acc['distill_iterations']} DM iterations, "
             f"evaluated by {acc['eval']['models']} ConvNets × {acc['eval']['epochs']} epochs on "
             f"the {acc['test_images']} held-out images): fp32 {100 * acc['fp32']['mean']:.1f} %, "
-            f"bf16 {100 * acc['bf16']['mean']:.1f} % ({100 * acc['bf16_minus_fp32']:+.1f} "
+            f"bf16 {100 * acc['bf16']['mean']:.1f} % ({100 * acc['bf16_minus_fp32']:+.2f} "
             "points)" + (f"; measured by `{acc['command']}`." if acc.get("command") else "."),
         ]
     ours = d["results"].get("ours", {}).get("median_s_per_iteration")
