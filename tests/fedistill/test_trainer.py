@@ -30,27 +30,38 @@ def _params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+def _each_as_trained_alone(fresh, seeds, x, y, cfg, augment, *, workers=None, chunk=None):
+    """The models ``fresh(seed)`` gives, trained together by ``train_many``; asserts each is,
+    bit for bit, the same model trained alone on one thread (as a worker runs it)."""
+    pairs = [fresh(s) for s in seeds]
+    together = train_many(
+        [m for m, _ in pairs],
+        x,
+        y,
+        cfg,
+        [g for _, g in pairs],
+        augment=augment,
+        workers=workers,
+        chunk=chunk,
+    )
+    for seed, model in zip(seeds, together, strict=True):
+        alone, gen = fresh(seed)
+        with single_threaded():
+            train_classifier(alone, x, y, cfg, augment=augment, generator=gen, chunk=chunk)
+        assert torch.equal(_params(alone), _params(model))
+    return together
+
+
 def test_many_models_at_once_equal_each_trained_alone(digits_train, digits_test):
     x, y = _set(digits_train)
     augment = DSA(default_strategy(DIGITS_INFO))
-    fresh = [_fresh(s) for s in SEEDS]
-    together = train_many(
-        [m for m, _ in fresh], x, y, CFG, [g for _, g in fresh], augment=augment, workers=2
-    )
-    for seed, model in zip(SEEDS, together, strict=True):
-        # alone on one thread, as a worker runs it: the same floats
-        m1, g1 = _fresh(seed)
-        with single_threaded():
-            train_classifier(m1, x, y, CFG, augment=augment, generator=g1)
-        assert torch.equal(_params(m1), _params(model))
-        if seed != SEEDS[0]:
-            continue
-        # alone on the caller's two threads: the same up to float rounding
-        m2, g2 = _fresh(seed)
-        train_classifier(m2, x, y, CFG, augment=augment, generator=g2)
-        a, b = _params(m2), _params(model)
-        assert float((a - b).abs().max()) < 1e-4 * float(a.abs().max())
-        assert accuracy(m2, digits_test) == accuracy(model, digits_test)
+    together = _each_as_trained_alone(_fresh, SEEDS, x, y, CFG, augment, workers=2)
+    # the first alone on the caller's two threads: the same up to float rounding
+    m2, g2 = _fresh(SEEDS[0])
+    train_classifier(m2, x, y, CFG, augment=augment, generator=g2)
+    a, b = _params(m2), _params(together[0])
+    assert float((a - b).abs().max()) < 1e-4 * float(a.abs().max())
+    assert accuracy(m2, digits_test) == accuracy(together[0], digits_test)
     # the models really differ (own init, order and augmentation)
     assert not torch.allclose(_params(together[0]), _params(together[1]))
     assert torch.get_num_threads() == 2  # the caller's setting is restored
@@ -140,15 +151,7 @@ def test_a_lone_or_last_model_trains_as_it_would_alone():
         return _fresh(seed, MNIST_INFO, width=16, geometry="reference")
 
     for seeds in ((0, 1, 2), (5,)):  # the third of three, and a lone model, spread their chunks
-        pairs = [fresh(s) for s in seeds]
-        together = train_many(
-            [m for m, _ in pairs], x, y, cfg, [g for _, g in pairs], augment=augment, chunk=7
-        )
-        for seed, model in zip(seeds, together, strict=True):
-            m1, g1 = fresh(seed)
-            with single_threaded():
-                train_classifier(m1, x, y, cfg, augment=augment, generator=g1, chunk=7)
-            assert torch.equal(_params(m1), _params(model))
+        _each_as_trained_alone(fresh, seeds, x, y, cfg, augment, chunk=7)
 
 
 def test_chunked_batches_give_the_same_training_up_to_rounding():
