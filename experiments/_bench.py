@@ -43,12 +43,18 @@ OFFICIAL_DM_PATCH_TEXT = (
 )
 
 
+def official_dm_problem(src: str | Path) -> str | None:
+    """Why ``src`` is not a checkout of VICO-UoE/DatasetCondensation to run, or ``None``."""
+    if not (Path(src) / "main_DM.py").is_file():
+        return f"--official {src}: no main_DM.py there"
+    return None
+
+
 def official_dm_copy(src: str | Path, dst: Path) -> Path:
     """A copy under ``dst`` of the user's checkout of VICO-UoE/DatasetCondensation with
     :data:`OFFICIAL_DM_PATCHES` applied."""
-    src = Path(src)
-    if not (src / "main_DM.py").is_file():
-        sys.exit(f"error: --official {src}: no main_DM.py there")
+    if problem := official_dm_problem(src):
+        sys.exit(f"error: {problem}")
     code = dst / "official"
     shutil.copytree(src, code, ignore=shutil.ignore_patterns(".git", "result", "data"))
     for name, pattern, replacement in OFFICIAL_DM_PATCHES:
@@ -57,6 +63,22 @@ def official_dm_copy(src: str | Path, dst: Path) -> Path:
         with open(code / name, "w", newline="") as f:
             f.write(re.sub(pattern, replacement, text, flags=re.MULTILINE))
     return code
+
+
+def official_dm_command(
+    *, ipc: int, iteration: int, batch_real: int, dsa_strategy: str, data_root, save_path, threads
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of one official ``main_DM.py`` experiment on the MNIST
+    subset, on the CPU with ``threads`` threads. It runs ``--Iteration`` + 1 image updates
+    (0 … ``iteration``); its evaluation, at update 0 only below 2,000 updates, is cut to 1 model
+    × 1 epoch. Run it with the copy from :func:`official_dm_copy` as working directory."""
+    cmd = [sys.executable, "main_DM.py", "--dataset", "MNIST", "--ipc", str(ipc)]
+    cmd += ["--Iteration", str(iteration), "--batch_real", str(batch_real)]
+    cmd += ["--num_exp", "1", "--num_eval", "1", "--epoch_eval_train", "1"]
+    cmd += ["--dsa_strategy", dsa_strategy]
+    cmd += ["--data_path", str(Path(data_root).resolve()), "--save_path", str(save_path)]
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""}
+    return cmd, env
 
 
 def peak_rss_mib() -> float:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,9 @@ from _bench import (
     children_peak_rss_mib,
     command_line,
     machine,
+    official_dm_command,
     official_dm_copy,
+    official_dm_problem,
     peak_rss_mib,
     require_mnist,
     write_json,
@@ -88,9 +89,8 @@ QUICK = {k: min(v, 3) for k, v in BUDGET.items()}
 
 def official_dm_set(args: argparse.Namespace, batch_real: int):
     """The official ``main_DM.py``'s set after ``args.iterations`` image updates, as
-    (images, labels). It runs ``--Iteration N`` + 1 updates (0 … N), so it is given N − 1; its
-    one evaluation (at update 0) is cut to 1 model × 1 epoch. Its file holds tensors only and is
-    read with ``weights_only=True``."""
+    (images, labels). It runs ``--Iteration N`` + 1 updates (0 … N), so it is given N − 1. Its
+    file holds tensors only and is read with ``weights_only=True``."""
     import torch
 
     from fedistill.augment import default_strategy
@@ -98,12 +98,15 @@ def official_dm_set(args: argparse.Namespace, batch_real: int):
 
     with tempfile.TemporaryDirectory() as tmp:
         code = official_dm_copy(args.official, Path(tmp))
-        cmd = [sys.executable, "main_DM.py", "--dataset", "MNIST", "--ipc", str(args.ipc)]
-        cmd += ["--Iteration", str(args.iterations - 1), "--batch_real", str(batch_real)]
-        cmd += ["--num_exp", "1", "--num_eval", "1", "--epoch_eval_train", "1"]
-        cmd += ["--dsa_strategy", default_strategy(MNIST_INFO)]  # ours for MNIST: no flips
-        cmd += ["--data_path", str(Path(args.data_root).resolve()), "--save_path", tmp]
-        env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "CUDA_VISIBLE_DEVICES": ""}
+        cmd, env = official_dm_command(
+            ipc=args.ipc,
+            iteration=args.iterations - 1,
+            batch_real=batch_real,
+            dsa_strategy=default_strategy(MNIST_INFO),  # ours for MNIST: no flips
+            data_root=args.data_root,
+            save_path=tmp,
+            threads=args.threads,
+        )
         proc = subprocess.run(cmd, env=env, cwd=code, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -114,6 +117,25 @@ def official_dm_set(args: argparse.Namespace, batch_real: int):
     if tuple(images.shape) != expected or tuple(labels.shape) != (10 * args.ipc,):
         raise SystemExit(f"error: the official set has shape {tuple(images.shape)}, not {expected}")
     return images.float(), labels.long()
+
+
+def _print_row(args: argparse.Namespace, seconds: float, res, **fields) -> None:
+    """One (method, ipc) result as the ``RESULT`` line the parent reads: what every row has, and
+    the method's own ``fields``."""
+    row = {
+        "method": args.method,
+        "ipc": args.ipc,
+        "iterations": args.iterations,
+        **fields,
+        "distill_seconds": seconds,
+        "seconds_per_iteration": seconds / args.iterations if args.iterations else None,
+        "accuracy_mean": res.mean,
+        "accuracy_std": res.std,
+        "accuracies": res.accuracies,
+        "eval_epochs": args.epochs,
+        "eval_models": args.models,
+    }
+    print("RESULT " + json.dumps(row), flush=True)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -133,25 +155,17 @@ def worker(args: argparse.Namespace) -> None:
         images, labels = official_dm_set(args, batch_real)
         seconds = time.perf_counter() - t0
         res = evaluate_arrays(images, labels, train.info, test, cfg, seed=args.seed)
-        out = {
-            "method": args.method,
-            "ipc": args.ipc,
-            "iterations": args.iterations,
-            "batch_real": batch_real,
-            "stored_images": len(images),
-            "distill_seconds": seconds,  # the whole official process, start-up included
-            "seconds_per_iteration": seconds / args.iterations,
+        _print_row(
+            args,
+            seconds,  # the whole official process, start-up included
+            res,
+            batch_real=batch_real,
+            stored_images=len(images),
             # the larger of this process's and the official process's
-            "peak_rss_mib": max(peak_rss_mib(), children_peak_rss_mib()),
-            "accuracy_mean": res.mean,
-            "accuracy_std": res.std,
-            "accuracies": res.accuracies,
-            "eval_epochs": args.epochs,
-            "eval_models": args.models,
-            "official": str(args.official),
-            "official_patch": OFFICIAL_DM_PATCH_TEXT,
-        }
-        print("RESULT " + json.dumps(out), flush=True)
+            peak_rss_mib=max(peak_rss_mib(), children_peak_rss_mib()),
+            official=str(args.official),
+            official_patch=OFFICIAL_DM_PATCH_TEXT,
+        )
         return
     method, overrides = VARIANTS.get(args.method, (args.method, {}))
     overrides = dict(overrides)
@@ -163,25 +177,17 @@ def worker(args: argparse.Namespace) -> None:
     syn = distill(method, train, args.ipc, seed=args.seed, **overrides)
     seconds = time.perf_counter() - t0
     res = evaluate_set(syn, test, cfg, seed=args.seed)
-    out = {
-        "method": args.method,
-        "ipc": args.ipc,
-        "iterations": args.iterations,
-        "batch_real": overrides.get("batch_real"),
-        "stored_images": len(syn),
-        "stored_bytes": syn.nbytes(),
-        "decoder": syn.meta.get("decoder"),
-        "distill_seconds": seconds,
-        "seconds_per_iteration": seconds / args.iterations if args.iterations else None,
-        "peak_rss_mib": peak_rss_mib(),
-        "accuracy_mean": res.mean,
-        "accuracy_std": res.std,
-        "accuracies": res.accuracies,
-        "eval_epochs": args.epochs,
-        "eval_models": args.models,
-        "hyperparameters": syn.meta.get("hyperparameters"),
-    }
-    print("RESULT " + json.dumps(out), flush=True)
+    _print_row(
+        args,
+        seconds,
+        res,
+        batch_real=overrides.get("batch_real"),
+        stored_images=len(syn),
+        stored_bytes=syn.nbytes(),
+        decoder=syn.meta.get("decoder"),
+        peak_rss_mib=peak_rss_mib(),
+        hyperparameters=syn.meta.get("hyperparameters"),
+    )
 
 
 def main() -> None:
@@ -212,8 +218,8 @@ def main() -> None:
     methods = args.methods.split(",")
     if "dm-official" in methods and args.official is None:
         p.error("dm-official needs --official DIR (a checkout of VICO-UoE/DatasetCondensation)")
-    if args.official is not None and not (args.official / "main_DM.py").is_file():
-        p.error(f"--official {args.official}: no main_DM.py there")
+    if args.official is not None and (problem := official_dm_problem(args.official)):
+        p.error(problem)
     if args.worker:
         args.method, args.ipc = args.worker[0], int(args.worker[1])
         worker(args)

@@ -49,7 +49,9 @@ from _bench import (
     RESULTS,
     command_line,
     machine,
+    official_dm_command,
     official_dm_copy,
+    official_dm_problem,
     peak_rss_mib,
     require_mnist,
     write_json,
@@ -111,15 +113,18 @@ def _cli_seconds(args, iterations: int, precision: str, out_dir: Path) -> float:
 
 def _official_seconds(args, iterations: int, code: Path, out_dir: Path) -> float:
     """Wall seconds of the official ``main_DM.py`` at our settings: one experiment, whose
-    evaluation (at iteration 0 only, below 2,000 iterations) is 1 model × 1 epoch, a cost that
-    cancels between the two iteration counts like start-up does. It runs ``--Iteration`` + 1
-    iterations (0 … N), so the difference of two runs is still N2 − N1 iterations."""
-    cmd = [sys.executable, "main_DM.py", "--dataset", "MNIST", "--ipc", str(args.ipc)]
-    cmd += ["--Iteration", str(iterations), "--batch_real", str(args.batch_real)]
-    cmd += ["--num_exp", "1", "--num_eval", "1", "--epoch_eval_train", "1"]
-    cmd += ["--dsa_strategy", args.dsa_strategy]  # ours for MNIST: no flips
-    cmd += ["--data_path", str(Path(args.data_root).resolve()), "--save_path", str(out_dir)]
-    env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "CUDA_VISIBLE_DEVICES": ""}
+    evaluation (1 model × 1 epoch) cancels between the two iteration counts like start-up does.
+    It runs ``--Iteration`` + 1 iterations (0 … N), so the difference of two runs is still
+    N2 − N1 iterations."""
+    cmd, env = official_dm_command(
+        ipc=args.ipc,
+        iteration=iterations,
+        batch_real=args.batch_real,
+        dsa_strategy=args.dsa_strategy,  # ours for MNIST: no flips
+        data_root=args.data_root,
+        save_path=out_dir,
+        threads=args.threads,
+    )
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, cwd=code, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
@@ -256,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--cli takes two increasing iteration counts, e.g. 3,8")
     if args.official is not None and args.cli is None:
         p.error("--official needs --cli N1,N2 (whole processes at two iteration counts)")
+    if args.official is not None and (problem := official_dm_problem(args.official)):
+        p.error(problem)  # now, not after the in-process timings
 
     require_mnist(args.data_root)
     torch.set_num_threads(args.threads)
