@@ -42,10 +42,12 @@ MNIST IPC 10), then joins the background threads on the real chunks none has sta
 threads as torch's thread count, no OpenMP barriers, which a shared machine makes slow, and a
 result that does not depend on the thread count.
 ``fast_embed=False`` embeds the real batch with ``ψ.embed`` too.
-``precision="bf16"`` (opt-in, for CPUs with bf16 matrix units) runs the real branch's deeper
-convolutions in bfloat16 and the synthetic branch's embedding under bf16 autocast; the class
-means, the loss and the images' gradients stay float32 (``experiments/bench_dm_speed.py``
-states the speed and the effect on the set's accuracy).
+``precision="bf16"`` (opt-in) runs the real branch's deeper convolutions in bfloat16 on CPUs
+with bf16 matrix units; the synthetic branch and its gradients stay float32: under bf16
+autocast it ran 0.107 s against 0.14 per iteration on one AMD EPYC thread, but the whole CLI
+was no faster (0.577 against 0.564 s per iteration, 5 interleaved runs each), so it stays
+exact (``experiments/bench_dm_speed.py`` states the speed and the effect on the set's
+accuracy).
 
 **A given model** (``model=``; the current global model of multi-round FedDM, Xiong et al.
 CVPR 2023): ψ is a frozen copy of that model in eval mode instead of a fresh ConvNet; with
@@ -107,8 +109,7 @@ class DMConfig:
     norm: str = "instance"
     model_perturbation: float = 0.0  # std of the noise on a given model's parameters
     fast_embed: bool = True  # the fast no-grad forward for the real branch (same numbers)
-    # "bf16": the real branch's deeper convolutions in bfloat16 and the synthetic branch's
-    # embedding under bf16 autocast (opt-in; not equal to fp32)
+    # "bf16": the real branch's deeper convolutions in bfloat16 (opt-in; not equal to fp32)
     precision: str = "fp32"
 
     def validate(self) -> None:
@@ -169,14 +170,12 @@ def class_means(emb: Tensor, num_classes: int) -> Tensor:
 @dataclass
 class RealTarget:
     """One iteration's ψ, its DSA seed, and the real class means under ψ (maybe still being
-    computed on the workers: :meth:`means` waits for them); ``precision`` is the iteration's
-    (``"bf16"``: the synthetic branch runs under bf16 autocast too)."""
+    computed on the workers: :meth:`means` waits for them)."""
 
     net: nn.Module
     seed: int
     _pending: Callable[[], Tensor]
     _means: Tensor | None = None
-    precision: str = "fp32"
 
     def means(self) -> Tensor:
         if self._means is None:
@@ -199,8 +198,7 @@ def real_target(
 
     ``fast`` embeds with :func:`start_frozen_embed` (on ``workers`` threads, the caller one
     of them once it asks for the means; ``precision="bf16"``: its deeper convolutions in
-    bfloat16, and the target carries the precision to :func:`synthetic_loss`), else with
-    ``ψ.embed``."""
+    bfloat16), else with ``ψ.embed``."""
     if augment is not None:
         groups = torch.arange(num_classes).repeat_interleave(len(x_real) // num_classes)
         x_real = augment(x_real, seed=seed, groups=groups)
@@ -208,30 +206,24 @@ def real_target(
         pending = start_frozen_embed(
             net, x_real, DEFAULT_CHUNK, workers=workers, precision=precision
         )
-        return RealTarget(
-            net, seed, lambda: class_means(pending(), num_classes), precision=precision
-        )
+        return RealTarget(net, seed, lambda: class_means(pending(), num_classes))
     with torch.no_grad():
         means = class_means(net.embed(x_real), num_classes)
-    return RealTarget(net, seed, lambda: means, precision=precision)
+    return RealTarget(net, seed, lambda: means)
 
 
 def synthetic_loss(
     target: RealTarget, x_syn: Tensor, num_classes: int, augment: DSA | None = None
 ) -> Tensor:
     """Σ_c ‖real mean_c − mean ψ(A_ω_c(S_c))‖², differentiable in ``x_syn`` (grouped by class;
-    block ``c`` gets the same DSA draw as the real block ``c``). The target's bf16 precision
-    runs the embedding under bf16 autocast; the means and the loss stay float32."""
+    block ``c`` gets the same DSA draw as the real block ``c``)."""
     if augment is not None:
         groups = torch.arange(num_classes).repeat_interleave(len(x_syn) // num_classes)
         x_syn = augment(x_syn, seed=target.seed, groups=groups)
     # one class block at a time (its maps stay in cache) through the fused blocks: ~2× the
     # plain ψ.embed of the whole set, same embeddings up to float rounding
     embed = training_embed(target.net)
-    bf16 = target.precision == "bf16"
-    with torch.autocast(x_syn.device.type, dtype=torch.bfloat16, enabled=bf16):
-        emb = torch.cat([embed(b) for b in x_syn.chunk(num_classes)])
-    mean_syn = class_means(emb.float(), num_classes)
+    mean_syn = class_means(torch.cat([embed(b) for b in x_syn.chunk(num_classes)]), num_classes)
     return ((target.means() - mean_syn) ** 2).sum()
 
 

@@ -10,7 +10,7 @@ import torch
 from fedistill.augment import DSA, default_strategy
 from fedistill.distill import distill, get_method
 from fedistill.distill._fast_convnet import frozen_embed, supports
-from fedistill.distill.dm import DMConfig, dm_loss, real_target, synthetic_loss
+from fedistill.distill.dm import DMConfig, dm_loss
 from fedistill.errors import ConfigError
 from fedistill.evaluate import EvalConfig, evaluate_set
 from fedistill.models import ConvNet, build_model
@@ -225,29 +225,6 @@ def test_bf16_real_branch_is_close_to_fp32_but_not_equal():
     assert torch.equal(frozen_embed(net, x, chunk=16, workers=2, precision="bf16"), bf16)
     with pytest.raises(ValueError, match="precision"):
         frozen_embed(net, x, precision="fp16")
-
-
-def test_bf16_synthetic_branch_runs_in_bf16_and_returns_float32_gradients():
-    """precision="bf16" also runs the synthetic branch's embedding under bf16 autocast: the
-    loss moves by bf16 rounding (not 0, under 5 %), the gradient stays float32 and points the
-    same way (cosine 0.998 here; its max-abs error ~10 %: the loss is a difference of close
-    means)."""
-    torch.manual_seed(0)
-    net = ConvNet(1, 10, (28, 28), width=32)
-    x_real, x_syn = torch.randn(40, 1, 28, 28), torch.randn(20, 1, 28, 28)
-    out = {}
-    for prec in ("fp32", "bf16"):
-        target = real_target(net, x_real, 10, fast=True, precision=prec)
-        target._means = real_target(net, x_real, 10, fast=True).means()  # same real means
-        syn = x_syn.clone().requires_grad_(True)
-        loss = synthetic_loss(target, syn, 10)
-        loss.backward()
-        out[prec] = (float(loss), syn.grad)
-    (l32, g32), (l16, g16) = out["fp32"], out["bf16"]
-    assert loss.dtype == torch.float32 and g16.dtype == torch.float32
-    assert 0 < abs(l16 - l32) / l32 < 0.05, (l16, l32)
-    cosine = torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0)
-    assert _rel_err(g16, g32) > 0 and cosine > 0.98, (_rel_err(g16, g32), float(cosine))
 
 
 def test_dm_with_a_bf16_real_branch_still_learns_and_says_so(digits_train, digits_test):
