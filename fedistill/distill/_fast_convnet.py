@@ -6,7 +6,8 @@ be computed differently from :meth:`fedistill.models.ConvNet.embed` as long as t
 the same to float rounding. :func:`frozen_embed` does four things:
 
 1. **Channels-last memory and small chunks.** Convolutions run on NHWC tensors (oneDNN's fast
-   layout) over chunks of ``chunk`` images, so each block's large activation stays in cache.
+   layout) over chunks of ``chunk`` images, so each block's large activation stays in cache
+   (the first block's, the largest, over ``FIRST_BLOCK_CHUNK`` images at a time).
 2. **Chunks in parallel, each single-threaded.** With ``workers > 1`` the chunks are embedded
    by ``workers − 1`` background threads, each running torch with one intra-op thread, and by
    the caller, which takes the chunks none has started once it asks for the result (so it can
