@@ -144,14 +144,25 @@ def distill_table(
 DM_CLI_TARGETS = {"fp32": 0.3, "bf16": 0.2}
 
 
-def _cli_round_ratios(cli: dict, name: str) -> list[float]:
-    """Ours ÷ official per interleaved round: each round's (T(N2) − T(N1)) of both."""
-    n1, n2 = (str(n) for n in cli[name]["iterations"])
+def _round_seconds(v: dict) -> list[float]:
+    """One CLI entry's T(N2) − T(N1), round by round."""
+    n1, n2 = (str(n) for n in v["iterations"])
+    return [b - a for a, b in zip(v["wall_s"][n1], v["wall_s"][n2], strict=True)]
 
-    def per_round(v: dict) -> list[float]:
-        return [b - a for a, b in zip(v["wall_s"][n1], v["wall_s"][n2], strict=True)]
 
-    return [o / r for o, r in zip(per_round(cli[name]), per_round(cli["official"]), strict=True)]
+def _dm_cli_verdict(cli: dict, prec: str, goal: float) -> str:
+    """``prec``'s ratio over the official process against ``goal``: the median's verdict and
+    the ratio round by round (each interleaved round's T(N2) − T(N1) of both)."""
+    ratio = cli[prec]["ratio_over_official"]
+    rounds = [
+        o / r
+        for o, r in zip(_round_seconds(cli[prec]), _round_seconds(cli["official"]), strict=True)
+    ]
+    return (
+        f"{prec} {ratio:.3f}× ({'met' if ratio <= goal else 'not met'}; round by round "
+        f"{min(rounds):.2f}–{max(rounds):.2f}×, at or under the target in "
+        f"{sum(x <= goal for x in rounds)} of {len(rounds)})"
+    )
 
 
 def dm_speed_table() -> str:
@@ -218,20 +229,13 @@ def dm_speed_table() -> str:
                 f"Targets (issue 17): ours ≤ {DM_CLI_TARGETS['fp32']}× the official "
                 f"per-iteration time in fp32, the bf16 path ≤ {DM_CLI_TARGETS['bf16']}×: "
                 + "; ".join(
-                    f"{prec} {cli[prec]['ratio_over_official']:.3f}× "
-                    f"({'met' if cli[prec]['ratio_over_official'] <= goal else 'not met'}; "
-                    f"round by round {min(rs := _cli_round_ratios(cli, prec)):.2f}–"
-                    f"{max(rs):.2f}×, at or under the target in "
-                    f"{sum(x <= goal for x in rs)} of {len(rs)})"
+                    _dm_cli_verdict(cli, prec, goal)
                     for prec, goal in DM_CLI_TARGETS.items()
                     if cli.get(prec, {}).get("ratio_over_official")
                 )
                 + f". The official process's own time for {n2 - n1} iterations moves from round "
                 "to round ("
-                + ", ".join(
-                    f"{b - a:.1f}"
-                    for a, b in zip(*(cli["official"]["wall_s"][str(n)] for n in (n1, n2)))
-                )
+                + ", ".join(f"{t:.1f}" for t in _round_seconds(cli["official"]))
                 + " s here) and from run to run of this command, and the ratio moves with it.",
             ]
     acc = d.get("bf16_accuracy_effect")
