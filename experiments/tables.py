@@ -160,7 +160,7 @@ def _dm_cli_verdict(cli: dict, prec: str, goal: float) -> str:
     ]
     return (
         f"{prec} {ratio:.3f}× ({'met' if ratio <= goal else 'not met'}; round by round "
-        f"{min(rounds):.2f}–{max(rounds):.2f}×, at or under the target in "
+        f"{_span(rounds)}×, at or under the target in "
         f"{sum(x <= goal for x in rounds)} of {len(rounds)})"
     )
 
